@@ -1,0 +1,43 @@
+# The two set-up commands: `make demo` and `make test` (as root, on Debian/Ubuntu).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+# Machine packages the sandbox and the tests use (Node only where the machine has none).
+APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl
+
+.PHONY: deps demo demo-down test unit clean
+
+deps: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing machine packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q -e . 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import ssedeploy, pyinfra, testinfra" && touch $@
+
+demo: deps
+	$(BIN)/ssedeploy sandbox up --name demo
+	SSEDEPLOY_SANDBOX=demo $(BIN)/pyinfra -y inventories/sandbox.py deploy.py
+	@addr=$$($(BIN)/ssedeploy sandbox status --name demo --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])'); \
+	echo; echo "The demo host is up: open http://$$addr/ (from this machine)"; \
+	echo "Watch events stream through nginx, one per second:"; \
+	echo "  curl -N -H 'Accept-Encoding: gzip' http://$$addr/api/stream"; \
+	echo "Shell on the host: $(BIN)/ssedeploy sandbox ssh --name demo"; \
+	echo "Tear it down:      make demo-down"
+
+demo-down: deps
+	$(BIN)/ssedeploy sandbox down --name demo
+
+test: deps
+	$(BIN)/pytest
+
+unit: deps
+	$(BIN)/pytest tests/unit
+
+clean: demo-down
+	rm -rf $(VENV) .sandbox

@@ -1,0 +1,29 @@
+"""Example production inventory: copy, fill in your servers, run
+
+    pyinfra inventories/prod.py deploy.py
+
+Each entry is (name, data). Connection data is pyinfra's own (`ssh_*`, `_sudo`);
+ssedeploy reads its settings from the `site` and `app` keys (README: Settings), here
+given once for the whole group. Host keys are checked: put the servers' keys in the
+known_hosts file first (e.g. `ssh-keyscan -t ed25519 HOST >> inventories/known_hosts`
+after checking the fingerprint out of band).
+"""
+
+SSH = {
+    "ssh_user": "deploy",  # a login user with passwordless sudo; root login stays off
+    "ssh_key": "~/.ssh/id_ed25519",
+    "ssh_known_hosts_file": "inventories/known_hosts",
+    "ssh_strict_host_key_checking": "yes",
+    "_sudo": True,
+}
+
+web = (
+    [
+        ("web-1", {"ssh_hostname": "web-1.example.com", **SSH}),
+        ("web-2", {"ssh_hostname": "web-2.example.com", **SSH}),
+    ],
+    {
+        "site": {"server_names": ["example.com", "www.example.com"], "sse_paths": ["/api/stream"]},
+        "app": {"name": "sseapp", "port": 3000, "heartbeat_seconds": 15},
+    },
+)

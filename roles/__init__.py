@@ -1,0 +1,1 @@
+"""ssedeploy's roles: one module per thing a host runs, each a pyinfra @deploy."""

@@ -1,0 +1,1 @@
+"""ssedeploy: deploy and verify Server-Sent Events behind nginx."""

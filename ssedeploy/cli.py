@@ -1,0 +1,94 @@
+"""The `ssedeploy` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import sandbox
+
+
+def _sandbox_up(args) -> int:
+    hosts = sandbox.up(args.name, args.count, args.distro, log=_err)
+    for h in hosts:
+        print(f"{h['name']}  {h['address']}  {h['distro']}  ssh: ssedeploy sandbox ssh {h['name']}")
+    return 0
+
+
+def _sandbox_status(args) -> int:
+    hosts = sandbox.status(args.name)
+    if args.json:
+        print(json.dumps(hosts, indent=2))
+    elif not hosts:
+        print(f"sandbox {args.name!r}: no host is running")
+    else:
+        for h in hosts:
+            print(f"{h['name']}  {h['address']}  {h['distro']}  pid {h['pid']}")
+    return 0
+
+
+def _sandbox_down(args) -> int:
+    sandbox.down(args.name, log=_err)
+    for name in sandbox.down_stale(log=_err):
+        _err(f"cleaned stale sandbox {name!r}")
+    return 0
+
+
+def _sandbox_ssh(args) -> int:
+    hosts = sandbox.status(args.name)
+    match = [h for h in hosts if not args.host or h["name"] == args.host or h["address"] == args.host]
+    if not match:
+        raise sandbox.SandboxError(f"no running host {args.host or ''} in sandbox {args.name!r}")
+    h = match[0]
+    cmd = [
+        "ssh", "-i", h["ssh_key"], "-o", f"UserKnownHostsFile={h['known_hosts']}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", f"{h['ssh_user']}@{h['address']}",
+        *args.command,
+    ]
+    os.execvp("ssh", cmd)
+
+
+def _err(*parts) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ssedeploy", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sb = sub.add_parser("sandbox", help="disposable local hosts (systemd-nspawn)")
+    sbsub = sb.add_subparsers(dest="action", required=True)
+    name_help = "instance name (default: $SSEDEPLOY_SANDBOX or 'demo')"
+
+    up = sbsub.add_parser("up", help="make sure the instance has N running hosts")
+    up.add_argument("-n", "--count", type=int, default=1)
+    up.add_argument("--distro", default="debian12", choices=["debian12", "ubuntu24"])
+    up.set_defaults(func=_sandbox_up)
+    st = sbsub.add_parser("status", help="list the instance's running hosts")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_sandbox_status)
+    dn = sbsub.add_parser("down", help="stop the hosts and remove everything the instance made")
+    dn.set_defaults(func=_sandbox_down)
+    sh = sbsub.add_parser("ssh", help="open a shell (or run a command) on a host")
+    sh.add_argument("host", nargs="?")
+    sh.add_argument("command", nargs=argparse.REMAINDER)
+    sh.set_defaults(func=_sandbox_ssh)
+    for cmd in (up, st, dn, sh):
+        cmd.add_argument("--name", default=sandbox.current_name(), help=name_help)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except sandbox.SandboxError as exc:
+        _err(f"ssedeploy: {exc}")
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""One sandbox host: an overlay over the cached rootfs, booted with systemd-nspawn.
+
+Each host's writable layer and mount live under /var/lib/ssedeploy/sandbox/<instance>/,
+named by instance so a later run (from any checkout) finds and cleans what a crashed
+one left. nspawn is started from a cgroup of its own in every hierarchy it uses:
+it creates payload/ and supervisor/ where it starts, so two hosts from one cgroup
+would collide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+HOSTS_DIR = Path("/var/lib/ssedeploy/sandbox")
+CGROUP_ROOTS = [Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup")]
+
+
+def instance_dir(instance: str) -> Path:
+    return HOSTS_DIR / instance
+
+
+def cgroup_dirs(instance: str, host: str | None = None) -> list[Path]:
+    """The cgroups this instance starts hosts from, one per mounted hierarchy nspawn uses."""
+    dirs = []
+    for root in CGROUP_ROOTS:
+        if (root / "cgroup.procs").exists() and (root != Path("/sys/fs/cgroup") or _is_cgroup2(root)):
+            base = root / "ssedeploy" / instance
+            dirs.append(base / host if host else base)
+    return dirs
+
+
+def _is_cgroup2(path: Path) -> bool:
+    return (path / "cgroup.controllers").exists()
+
+
+def mount_overlay(lower: Path, instance: str, host: str) -> Path:
+    """A fresh writable layer over the rootfs; anything left from an earlier run is discarded."""
+    base = instance_dir(instance) / host
+    root = base / "root"
+    if root.is_mount():
+        subprocess.run(["umount", "-l", str(root)], check=True)
+    for sub in ("upper", "work"):
+        shutil.rmtree(base / sub, ignore_errors=True)
+        (base / sub).mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    options = f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(root)], check=True)
+    return root
+
+
+def write_host_files(
+    root: Path, *, name: str, address: str, prefixlen: int, gateway: str,
+    login_user: str, authorized_key: str, pins: dict[str, list[str]],
+) -> str:
+    """Per-host identity and network; returns the host's public SSH key line."""
+    etc = root / "etc"
+    (etc / "hostname").write_text(name + "\n")
+    (etc / "machine-id").write_text(uuid.uuid4().hex + "\n")
+    hosts = ["127.0.0.1 localhost", f"127.0.1.1 {name}", "::1 localhost ip6-localhost ip6-loopback"]
+    hosts += [f"{addr} {hostname}" for hostname, addrs in sorted(pins.items()) for addr in addrs[:1]]
+    (etc / "hosts").write_text("\n".join(hosts) + "\n")
+    # Sorts before systemd's 80-container-host0.network, which would ask for DHCP.
+    (etc / "systemd/network/10-host0.network").write_text(
+        f"[Match]\nName=host0\n\n[Network]\nAddress={address}/{prefixlen}\nGateway={gateway}\n"
+        "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+    )
+    key = etc / "ssh/ssh_host_ed25519_key"
+    for path in (key, key.with_suffix(".pub")):
+        path.unlink(missing_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
+    home_ssh = root / "home" / login_user / ".ssh"
+    auth = home_ssh / "authorized_keys"
+    auth.write_text(authorized_key.strip() + "\n")
+    st = home_ssh.stat()
+    os.chown(auth, st.st_uid, st.st_gid)
+    auth.chmod(0o600)
+    keytype, keydata = key.with_suffix(".pub").read_text().split()[:2]
+    return f"{keytype} {keydata}"
+
+
+def boot(instance: str, host: str, root: Path, bridge: str, log_path: Path) -> int:
+    """Start `systemd-nspawn --boot` detached, from the host's own cgroups; returns its PID."""
+    cgroups = cgroup_dirs(instance, host)
+    for cg in cgroups:
+        cg.mkdir(parents=True, exist_ok=True)
+
+    def enter_cgroups() -> None:
+        for cg in cgroups:
+            (cg / "cgroup.procs").write_text("0\n")
+
+    cmd = [
+        "systemd-nspawn", "--boot", "-D", str(root), "-M", host,
+        "--register=no", "--keep-unit",  # there is no system bus on the machine
+        f"--network-bridge={bridge}",
+        "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
+    ]
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(
+            cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=enter_cgroups,
+        )
+    return proc.pid
+
+
+def process_start_time(pid: int) -> int | None:
+    """Kernel start time of `pid`, to tell our process from a later one that reused its PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def is_ours(pid: int, start_time: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"systemd-nspawn" in cmdline and (start_time is None or process_start_time(pid) == start_time)
+
+
+def stop(pid: int, start_time: int | None, timeout: float = 20) -> None:
+    """SIGTERM powers the host off cleanly (~2 s); SIGKILL if it does not."""
+    if not is_ours(pid, start_time):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_ours(pid, start_time):
+            return
+        _reap(pid)
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def cgroup_pids(instance: str) -> list[int]:
+    pids = set()
+    for base in cgroup_dirs(instance):
+        for procs in base.rglob("cgroup.procs") if base.exists() else []:
+            try:
+                pids |= {int(p) for p in procs.read_text().split()}
+            except OSError:
+                pass
+    return sorted(pids)
+
+
+def remove_cgroups(instance: str) -> None:
+    """Kill what is left in the instance's own cgroups, then remove them deepest first."""
+    for _ in range(50):
+        pids = cgroup_pids(instance)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    for base in cgroup_dirs(instance):
+        if not base.exists():
+            continue
+        for path in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            path.rmdir()
+        base.rmdir()
+        try:
+            base.parent.rmdir()  # the shared ssedeploy/ level, once no instance uses it
+        except OSError:
+            pass
+
+
+def mounts_under(path: Path) -> list[Path]:
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mount_point = Path(line.split()[4].replace("\\040", " "))
+        if mount_point == path or path in mount_point.parents:
+            found.append(mount_point)
+    return sorted(found, key=lambda p: -len(p.parts))
+
+
+def unmount_all(instance: str) -> None:
+    for mount_point in mounts_under(instance_dir(instance)):
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def remove_dirs(instance: str) -> None:
+    shutil.rmtree(instance_dir(instance), ignore_errors=True)

@@ -1,0 +1,103 @@
+"""The walking skeleton on a real sandbox host: deploy, check state over SSH, stream through nginx."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import paramiko
+import pytest
+
+from ssedeploy.sse import read_stream
+from ssedeploy.testinfra_backend import get_host
+
+BROWSER = {"Accept-Encoding": "gzip, deflate, br"}
+
+
+def test_deploy_succeeded(first_deploy):
+    assert first_deploy.returncode == 0
+
+
+def test_nginx_and_app_are_running_and_enabled(host):
+    for name in ("nginx", "sseapp"):
+        service = host.service(name)
+        assert service.is_running, f"{name} is not running"
+        assert service.is_enabled, f"{name} is not enabled"
+
+
+def test_nginx_config_is_valid(host):
+    result = host.run("nginx -t")
+    assert result.rc == 0, result.stderr
+
+
+def test_only_ssedeploy_site_is_enabled(host):
+    assert host.file("/etc/nginx/sites-enabled/ssedeploy.conf").is_symlink
+    assert not host.file("/etc/nginx/sites-enabled/default").exists
+
+
+def test_app_listens_on_loopback_only(host):
+    assert host.socket("tcp://127.0.0.1:3000").is_listening
+    app_sockets = [s for s in host.socket.get_listening_sockets() if s.endswith(":3000")]
+    assert app_sockets == ["tcp://127.0.0.1:3000"]
+
+
+def test_app_runs_as_its_own_user_with_distro_node(host):
+    assert host.user("sseapp").exists
+    assert host.process.filter(user="sseapp", comm="node"), "no node process runs as sseapp"
+    assert host.package("nodejs").is_installed
+
+
+def test_app_is_not_reachable_from_outside(target):
+    stream = read_stream(target["address"], 3000, duration=2, connect_timeout=2)
+    assert stream.status == 0 and stream.error, "the app port answered from outside the host"
+
+
+def test_events_stream_through_nginx_like_a_browser(target):
+    stream = read_stream(target["address"], 80, "/api/stream", duration=6.5, headers=BROWSER)
+    assert stream.error is None
+    assert stream.status == 200
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert "content-encoding" not in stream.headers, "nginx compressed the stream"
+    assert stream.first_block_ms is not None and stream.first_block_ms < 1000
+    first = stream.blocks[0]
+    assert first.retry is not None and "connected" in first.comments
+    events = stream.events
+    assert len(events) >= 5, f"only {len(events)} events in 6.5 s"
+    assert all(750 <= gap <= 1250 for gap in stream.gaps_ms), f"gaps not ~1 s apart: {stream.gaps_ms}"
+    data = [json.loads(e.data) for e in events]
+    assert [d["n"] for d in data] == [int(e.event_id) for e in events]
+
+
+def test_resume_with_last_event_id_through_nginx(target):
+    stream = read_stream(target["address"], 80, "/api/stream", duration=2.5, headers=BROWSER,
+                         last_event_id="41")
+    assert stream.status == 200
+    assert stream.ids[:2] == ["42", "43"]
+
+
+def test_default_location_is_buffered_normally(target):
+    page = read_stream(target["address"], 80, "/", duration=2, headers={"Accept": "text/html"})
+    assert page.status == 200
+    assert page.headers["content-type"].startswith("text/html")
+
+
+def test_second_deploy_changes_nothing(first_deploy, redeploy):
+    assert re.search(r"^\s+\[\S+\] Success", first_deploy.stderr, re.M), "the first deploy changed nothing?"
+    again = redeploy()
+    log = again.stdout + again.stderr
+    changed = re.findall(r"^\s+\[\S+\] Success.*$", log, re.M)
+    assert changed == [], f"the second run changed something:\n{log}"
+    total = re.search(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)", log)
+    assert total, log
+    assert total.group(2) == "-" and total.group(3) == "-" and total.group(4) == total.group(1), total.group(0)
+
+
+def test_wrong_host_key_is_rejected(target, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    keyline = (tmp_path / "k.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{target['address']} {' '.join(keyline)}\n")
+    impostor = get_host(target["address"], user=target["ssh_user"], key=target["ssh_key"], known_hosts=str(known))
+    with pytest.raises(paramiko.BadHostKeyException):
+        impostor.run("true")
