@@ -52,6 +52,8 @@ class Site(_Model):
     server_names: list[Annotated[str, AfterValidator(_server_name)]] = ["_"]
     listen_port: Port = 80
     sse_paths: list[Annotated[str, AfterValidator(_path)]] = Field(default=["/api/stream"], min_length=1)
+    # Loopback-only listener that serves the live config revision (proves a reload took effect).
+    revision_port: Port = 8573
 
 
 class App(_Model):

@@ -9,33 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from ssedeploy.testinfra_backend import get_host
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-INSTANCE = os.environ.get("SSEDEPLOY_TEST_SANDBOX", "e2e")
-
-
-def run(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SSEDEPLOY_SANDBOX=INSTANCE)
-    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-def ssedeploy(*args: str, **kw) -> subprocess.CompletedProcess:
-    return run(str(BIN / "ssedeploy"), *args, **kw)
-
-
-def pyinfra_deploy(**kw) -> subprocess.CompletedProcess:
-    return run(str(BIN / "pyinfra"), "-y", "inventories/sandbox.py", "deploy.py", **kw)
+from .helpers import INSTANCE, pyinfra_deploy, ssedeploy
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +47,3 @@ def host(target):
     return get_host(target["address"], user=target["ssh_user"], key=target["ssh_key"],
                     known_hosts=target["known_hosts"])
 
-
-@pytest.fixture
-def redeploy(target):
-    """Run the same deploy command again."""
-    return pyinfra_deploy

@@ -12,6 +12,8 @@ import pytest
 from ssedeploy.sse import read_stream
 from ssedeploy.testinfra_backend import get_host
 
+from .helpers import pyinfra_deploy
+
 BROWSER = {"Accept-Encoding": "gzip, deflate, br"}
 
 
@@ -82,9 +84,9 @@ def test_default_location_is_buffered_normally(target):
     assert page.headers["content-type"].startswith("text/html")
 
 
-def test_second_deploy_changes_nothing(first_deploy, redeploy):
+def test_second_deploy_changes_nothing(first_deploy):
     assert re.search(r"^\s+\[\S+\] Success", first_deploy.stderr, re.M), "the first deploy changed nothing?"
-    again = redeploy()
+    again = pyinfra_deploy()
     log = again.stdout + again.stderr
     changed = re.findall(r"^\s+\[\S+\] Success.*$", log, re.M)
     assert changed == [], f"the second run changed something:\n{log}"

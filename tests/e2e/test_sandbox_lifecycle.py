@@ -1,0 +1,132 @@
+"""The sandbox itself: status, several hosts, SSH policy, crash recovery and a complete teardown."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from ssedeploy.sandbox import hosts as sandbox_hosts, network
+from ssedeploy.testinfra_backend import get_host
+
+from .helpers import pyinfra_deploy, ssedeploy
+
+NAME = "e2e-life"
+
+
+def status() -> list[dict]:
+    return json.loads(ssedeploy("sandbox", "status", "--name", NAME, "--json").stdout)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a stopped host whose parent has not reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kernel_state() -> dict:
+    cgroups = [p for p in sandbox_hosts.cgroup_dirs(NAME) if p.exists()]
+    return {
+        "bridge": network.bridge_name(NAME) in network.links(),
+        "table": network.table_exists(NAME),
+        "mounts": sandbox_hosts.mounts_under(sandbox_hosts.instance_dir(NAME)),
+        "cgroups": cgroups,
+        "dirs": sandbox_hosts.instance_dir(NAME).exists(),
+    }
+
+
+@pytest.fixture(scope="module")
+def life():
+    ssedeploy("sandbox", "down", "--name", NAME)
+    try:
+        yield
+    finally:
+        ssedeploy("sandbox", "down", "--name", NAME, check=False)
+
+
+def test_status_of_an_instance_that_is_not_up_is_an_empty_list(life):
+    assert status() == []
+
+
+def test_up_boots_two_hosts_with_their_own_subnet(life):
+    ssedeploy("sandbox", "up", "--name", NAME, "-n", "2")
+    hosts = status()
+    assert [h["name"] for h in hosts] == [f"{NAME}-1", f"{NAME}-2"]
+    for h in hosts:
+        assert {"name", "address", "distro", "ssh_user", "ssh_key", "known_hosts", "port"} <= set(h)
+        assert ipaddress.ip_address(h["address"]) in ipaddress.ip_network("198.18.0.0/15")
+        assert h["distro"] == "debian12" and h["ssh_user"] != "root"
+        assert Path(h["ssh_key"]).is_file() and Path(h["known_hosts"]).is_file()
+    nets = {ipaddress.ip_interface(h["address"] + "/24").network for h in hosts}
+    assert len(nets) == 1 and nets != {network.preferred_subnet("demo")}  # never the demo's /24
+
+
+def test_each_host_runs_systemd_and_checks_in_as_a_sudo_user(life):
+    for h in status():
+        host = get_host(h["address"], user=h["ssh_user"], key=h["ssh_key"], known_hosts=h["known_hosts"])
+        assert host.check_output("systemctl is-system-running") == "running"
+        assert host.check_output("cat /proc/1/comm") == "systemd"
+        assert host.check_output("id -un") == "root"  # through sudo
+        assert host.check_output("hostname") == h["name"]
+        assert host.file("/etc/resolv.conf").content_string.strip() == ""  # no resolver handed out
+
+
+def test_root_login_by_ssh_is_refused(life):
+    h = status()[0]
+    client = paramiko.SSHClient()
+    client.load_host_keys(h["known_hosts"])
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    with pytest.raises(paramiko.AuthenticationException):
+        client.connect(h["address"], username="root", key_filename=h["ssh_key"], allow_agent=False,
+                       look_for_keys=False, timeout=10)
+
+
+def test_up_again_is_idempotent(life):
+    before = {h["name"]: h["pid"] for h in status()}
+    ssedeploy("sandbox", "up", "--name", NAME, "-n", "2")
+    assert {h["name"]: h["pid"] for h in status()} == before
+
+
+def test_up_recovers_after_the_hosts_were_killed(life):
+    for h in status():
+        os.kill(h["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    assert status() == []
+    left = kernel_state()
+    assert left["bridge"] and left["table"] and left["mounts"], "the crash should leave kernel state behind"
+    ssedeploy("sandbox", "up", "--name", NAME, "-n", "2")
+    hosts = status()
+    assert len(hosts) == 2
+    host = get_host(hosts[1]["address"], user=hosts[1]["ssh_user"], key=hosts[1]["ssh_key"],
+                    known_hosts=hosts[1]["known_hosts"])
+    assert host.check_output("systemctl is-system-running") == "running"
+
+
+def test_down_removes_everything_and_is_idempotent(life):
+    pids = [h["pid"] for h in status()]
+    ssedeploy("sandbox", "down", "--name", NAME)
+    assert not [pid for pid in pids if running(pid)], "a host process outlived `down`"
+    assert kernel_state() == {"bridge": False, "table": False, "mounts": [], "cgroups": [], "dirs": False}
+    assert status() == []
+    ssedeploy("sandbox", "down", "--name", NAME)  # again: still fine
+
+
+def test_bad_name_is_refused_before_anything_is_made(life):
+    result = ssedeploy("sandbox", "up", "--name", "Bad_Name", check=False)
+    assert result.returncode == 1
+    assert "'Bad_Name' is not allowed" in result.stderr
+    assert "ssd-Bad_Name" not in network.links()
+
+
+def test_inventory_without_hosts_says_how_to_start_them(life):
+    result = pyinfra_deploy(check=False, instance=NAME, timeout=120)
+    assert result.returncode != 0
+    assert f"sandbox '{NAME}' has no running host" in result.stdout + result.stderr
