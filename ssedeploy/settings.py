@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
+from pyinfra.api.exceptions import PyinfraError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 DATA_KEYS = ("site", "app")
@@ -72,8 +73,8 @@ class Settings(_Model):
         return 4 * self.app.heartbeat_seconds
 
 
-class SettingsError(ValueError):
-    pass
+class SettingsError(PyinfraError, ValueError):
+    """Bad settings; a PyinfraError so pyinfra's CLI prints the message, not a traceback."""
 
 
 def parse(data: dict, host_name: str = "?") -> Settings:

@@ -12,7 +12,7 @@ import pytest
 from ssedeploy.sse import read_stream
 from ssedeploy.testinfra_backend import get_host
 
-from .helpers import pyinfra_deploy
+from .helpers import BIN, INSTANCE, pyinfra_deploy, run
 
 BROWSER = {"Accept-Encoding": "gzip, deflate, br"}
 
@@ -103,3 +103,18 @@ def test_wrong_host_key_is_rejected(target, tmp_path):
     impostor = get_host(target["address"], user=target["ssh_user"], key=target["ssh_key"], known_hosts=str(known))
     with pytest.raises(paramiko.BadHostKeyException):
         impostor.run("true")
+
+
+def test_bad_settings_stop_the_run_before_any_operation(target, tmp_path):
+    inventory = tmp_path / "bad.py"
+    inventory.write_text(
+        "from ssedeploy.inventory import sandbox_hosts\n"
+        f"name, data = sandbox_hosts({INSTANCE!r})[0]\n"
+        "bad = [(name, dict(data, site={'sse_paths': ['/api/stream;evil']}))]\n"
+    )
+    result = run(str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", check=False)
+    log = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert f"host {target['name']}: site.sse_paths.0 = '/api/stream;evil'" in log
+    assert "Starting operation" not in log
+    assert read_stream(target["address"], 80, "/api/stream", duration=1.5).status == 200

@@ -85,3 +85,18 @@ def test_host_files_give_identity_network_and_keys(tmp_path):
     assert auth.read_text() == "ssh-ed25519 AAAAkey user\n"
     assert oct(auth.stat().st_mode & 0o777) == "0o600"
     assert len((root / "etc/machine-id").read_text().strip()) == 32
+
+
+def test_up_exits_3_when_the_archive_is_unreachable(monkeypatch, capsys):
+    """Port 9 on loopback is closed: the same path a blocked distro archive takes."""
+    from ssedeploy import cli
+    from ssedeploy.sandbox import instance, rootfs
+
+    if os.geteuid() != 0:
+        pytest.skip("sandbox up needs root")
+    unreachable = rootfs.Archive("http://127.0.0.1:9/ubuntu", "http://127.0.0.1:9/ubuntu", "")
+    monkeypatch.setattr(rootfs, "archive_for", lambda distro: unreachable)
+    monkeypatch.setattr(instance, "clean", lambda *a, **k: None)  # touch no kernel state
+    assert cli.main(["sandbox", "up", "--name", "unreach", "--distro", "ubuntu24"]) == 3
+    err = capsys.readouterr().err
+    assert "ubuntu24: its package archive is not reachable" in err
