@@ -79,6 +79,11 @@ def test_each_host_runs_systemd_and_checks_in_as_a_sudo_user(life):
         assert host.file("/etc/resolv.conf").content_string.strip() == ""  # no resolver handed out
 
 
+def test_sandbox_ssh_runs_a_command_on_the_named_host(life):
+    result = ssedeploy("sandbox", "ssh", "--name", NAME, f"{NAME}-2", "--", "hostname")
+    assert result.stdout.strip() == f"{NAME}-2"
+
+
 def test_root_login_by_ssh_is_refused(life):
     h = status()[0]
     client = paramiko.SSHClient()
