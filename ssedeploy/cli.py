@@ -38,10 +38,12 @@ def _sandbox_down(args) -> int:
 
 def _sandbox_ssh(args) -> int:
     hosts = sandbox.status(args.name)
-    match = [h for h in hosts if not args.host or h["name"] == args.host or h["address"] == args.host]
-    if not match:
-        raise sandbox.SandboxError(f"no running host {args.host or ''} in sandbox {args.name!r}")
-    h = match[0]
+    if not hosts:
+        raise sandbox.SandboxError(f"sandbox {args.name!r} has no running host")
+    match = [h for h in hosts if args.host in (h["name"], h["address"])]
+    if args.host and not match:  # `ssh -- CMD`: the first word is the command, not a host
+        args.command = [args.host, *args.command]
+    h = (match or hosts)[0]
     cmd = [
         "ssh", "-i", h["ssh_key"], "-o", f"UserKnownHostsFile={h['known_hosts']}",
         "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", f"{h['ssh_user']}@{h['address']}",
