@@ -24,10 +24,8 @@ def unit(settings) -> str:
 @deploy("app")
 def app(settings):
     name = settings.app.name
-    apt.packages(
-        name="Install Node.js", packages=["nodejs"], update=True, cache_time=3600,
-        extra_install_args=APT_LOCK_WAIT,
-    )
+    apt.update(name="apt lists are fresh", cache_time=3600)
+    apt.packages(name="Install Node.js", packages=["nodejs"], extra_install_args=APT_LOCK_WAIT)
     server.user(name=f"System user {name}", user=name, system=True, shell="/usr/sbin/nologin",
                 home="/nonexistent", create_home=False)
     files.directory(name="App directory", path=app_dir(settings), user="root", group="root", mode="755")

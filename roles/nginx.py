@@ -1,60 +1,83 @@
-"""nginx from the distro's packages, with ssedeploy's site: SSE settings only in the SSE locations."""
+"""nginx from the distro's packages, with ssedeploy's config: SSE settings only in the SSE locations.
 
-import hashlib
+The config goes live only through `nginx_config` (staged, swapped, tested, restored
+on failure). nginx is reloaded once per run and only when something changed, and the
+run fails unless the new workers serve the new revision; it is restarted only when
+its package or its systemd drop-in changed.
+"""
+
 from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from ssedeploy.render import render
+from ssedeploy import nginx as conf
+from ssedeploy.operations import host_limits, nginx_config
 
-SITE = "/etc/nginx/sites-available/ssedeploy.conf"
-ENABLED = "/etc/nginx/sites-enabled/ssedeploy.conf"
+STATE_DIR = "/var/lib/ssedeploy/nginx"
 # Real servers run unattended-upgrades right after first boot: wait for the dpkg lock.
 APT_LOCK_WAIT = "-o DPkg::Lock::Timeout=300"
 
 
-def upstream_name(settings) -> str:
-    return f"{settings.app.name.replace('-', '_')}_upstream"
-
-
-def site_conf(settings) -> tuple[str, str]:
-    """The site and its revision; the site ends in a loopback server that answers with that revision."""
-    body = render(
-        "nginx/site.conf.j2", settings=settings, upstream=upstream_name(settings),
-        read_timeout=settings.proxy_read_timeout,
-    )
-    rev = hashlib.sha256(body.encode()).hexdigest()[:16]
-    return body + render("nginx/revision.conf.j2", revision=rev, port=settings.site.revision_port), rev
-
-
-def served_revision_check(settings, rev: str) -> str:
-    """Poll the loopback revision until the new workers serve `rev` (a reload is asynchronous)."""
+def served_revision_check(settings) -> str:
+    """Poll the loopback revision until nginx serves the one the swap recorded (reloads are asynchronous)."""
     fetch = (
         f"exec 3<>/dev/tcp/127.0.0.1/{settings.site.revision_port}; "
         'printf "GET /ssedeploy/revision HTTP/1.0\\r\\n\\r\\n" >&3; cat <&3'
     )
     return (
-        f"bash -c 'for i in $(seq 100); do ({fetch}) 2>/dev/null | grep -qx {rev} && exit 0; sleep 0.1; done; "
-        f'echo "nginx does not serve config revision {rev} 10 s after the reload" >&2; exit 1\''
+        f'bash -c \'want=$(cat {STATE_DIR}/revision); for i in $(seq 100); do '
+        f'({fetch}) 2>/dev/null | grep -qx "$want" && exit 0; sleep 0.1; done; '
+        'echo "nginx does not serve config revision $want 10 s after the reload" >&2; exit 1\''
     )
+
+
+def tls(settings):
+    """The certificate and key nginx serves: yours, or a self-signed pair made on the host once."""
+    cert, key = conf.tls_paths(settings)
+    tls = settings.site.tls
+    files.directory(name="TLS directory", path=conf.TLS_DIR, user="root", group="root", mode="700")
+    if tls.mode == "files":
+        return [
+            files.put(name="TLS certificate", src=tls.certificate, dest=cert, mode="644"),
+            files.put(name="TLS key", src=tls.key, dest=key, mode="600"),
+        ]
+    apt.packages(name="Install openssl", packages=["openssl"], extra_install_args=APT_LOCK_WAIT)
+    if host.get_fact(File, path=cert) and host.get_fact(File, path=key):
+        return []
+    names = [n for n in settings.site.server_names if n != "_"] or [host.name]
+    san = ",".join(f"DNS:{n}" for n in names)
+    return [server.shell(
+        name="Self-signed TLS certificate",
+        commands=[
+            f"openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj /CN={names[0]} "
+            f"-addext subjectAltName={san} -keyout {key} -out {cert} 2>/dev/null && chmod 600 {key}"
+        ],
+    )]
 
 
 @deploy("nginx")
 def nginx(settings):
-    apt.packages(
-        name="Install nginx", packages=["nginx"], update=True, cache_time=3600,
-        extra_install_args=APT_LOCK_WAIT,
+    apt.update(name="apt lists are fresh", cache_time=3600)
+    package = apt.packages(name="Install nginx", packages=["nginx"], extra_install_args=APT_LOCK_WAIT)
+    drop_in = files.put(
+        name="nginx LimitNOFILE drop-in", src=StringIO(conf.drop_in(host_limits(settings))),
+        dest=conf.DROP_IN, mode="644",
     )
-    text, rev = site_conf(settings)
-    site = files.put(name="Render the ssedeploy site", src=StringIO(text), dest=SITE, mode="644")
-    enabled = files.link(name="Enable the ssedeploy site", path=ENABLED, target=SITE)
-    default = files.link(name="Disable the distro's default site", path="/etc/nginx/sites-enabled/default",
-                         present=False)
-    changed = any_changed(site, enabled, default)
-    server.shell(name="Check the whole nginx config (nginx -t)", commands=["nginx -t -q"], _if=changed)
+    systemd.daemon_reload(name="systemd daemon-reload", _if=drop_in.did_change)
+    certificate = tls(settings) if settings.site.tls else []
+    tree = nginx_config(name="nginx config (staged, tested, swapped)", settings=settings)
     systemd.service(name="nginx is running and enabled", service="nginx", running=True, enabled=True)
-    systemd.service(name="Reload nginx gracefully", service="nginx", reloaded=True, _if=changed)
-    server.shell(name=f"nginx serves config revision {rev}", commands=[served_revision_check(settings, rev)],
-                 _if=changed)
+
+    restart = any_changed(package, drop_in)
+    systemd.service(name="Restart nginx (package or drop-in changed)", service="nginx", restarted=True,
+                    _if=restart)
+    systemd.service(
+        name="Reload nginx gracefully", service="nginx", reloaded=True,
+        _if=[any_changed(tree, *certificate), lambda: not restart()],
+    )
+    server.shell(name="nginx serves the new config revision", commands=[served_revision_check(settings)],
+                 _if=any_changed(tree, package, drop_in, *certificate))

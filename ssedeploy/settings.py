@@ -1,24 +1,29 @@
 """The typed settings every deploy reads from inventory data.
 
-ssedeploy's settings live under their own data keys (`site`, `app`), so pyinfra's
-connection data (`ssh_*`, `_sudo`, ...) is left alone while a typo inside ours is an
-error. Values that end up inside nginx config are checked against what nginx can
-parse, so nothing a template receives can break out of its directive.
+ssedeploy's settings live under their own data keys (`site`, `nginx`, `app`), so
+pyinfra's connection data (`ssh_*`, `_sudo`, ...) is left alone while a typo inside
+ours is an error. Values that end up inside nginx config are checked against what
+nginx can parse, so nothing a template receives can break out of its directive.
+Every key is documented in the README (Settings).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pyinfra.api.exceptions import PyinfraError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-DATA_KEYS = ("site", "app")
+DATA_KEYS = ("site", "nginx", "app")
+# The oldest nginx the templates support (Debian 12); what `check` renders for by default.
+OLDEST_NGINX = "1.22.1"
 
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._~/%:@!*+,=-]*$")
 _SERVER_NAME_RE = re.compile(r"^(_|\*?\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\*|localhost)$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 def _path(value: str) -> str:
@@ -42,19 +47,83 @@ def _unit_name(value: str) -> str:
     return value
 
 
+def _version(value: str) -> str:
+    if not _VERSION_RE.match(value):
+        raise ValueError("must be an nginx version like 1.22.1")
+    return value
+
+
+def _raw_directives(value: str) -> str:
+    """Whole lines with balanced braces and quotes; nginx -t on the host judges the rest."""
+    depth, quote = 0, None
+    for ch in value:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth < 0:
+                break
+    if depth != 0 or quote:
+        raise ValueError("must be whole nginx directives with balanced braces and quotes")
+    if not value.strip().endswith((";", "}")):
+        raise ValueError("must end with ';' or '}' (whole directives only)")
+    return value
+
+
+def _existing_file(value: str) -> str:
+    if not Path(value).expanduser().is_file():
+        raise ValueError("must be a readable file on the controller")
+    return str(Path(value).expanduser())
+
+
 Port = Annotated[int, Field(ge=1, le=65535)]
+UrlPath = Annotated[str, AfterValidator(_path)]
+RawDirectives = Annotated[str, AfterValidator(_raw_directives)]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TLS(_Model):
+    """`self-signed` (made on the host, for sandbox/staging) or `files` (your certificate and key)."""
+
+    mode: Literal["self-signed", "files"] = "self-signed"
+    certificate: Annotated[str, AfterValidator(_existing_file)] | None = None
+    key: Annotated[str, AfterValidator(_existing_file)] | None = None
+    port: Port = 443
+
+    @model_validator(mode="after")
+    def _files_given(self) -> "TLS":
+        if self.mode == "files" and not (self.certificate and self.key):
+            raise ValueError("mode 'files' needs both certificate and key (paths on the controller)")
+        if self.mode == "self-signed" and (self.certificate or self.key):
+            raise ValueError("certificate/key are only for mode 'files'")
+        return self
+
+
 class Site(_Model):
-    server_names: list[Annotated[str, AfterValidator(_server_name)]] = ["_"]
+    server_names: list[Annotated[str, AfterValidator(_server_name)]] = Field(default=["_"], min_length=1)
     listen_port: Port = 80
-    sse_paths: list[Annotated[str, AfterValidator(_path)]] = Field(default=["/api/stream"], min_length=1)
+    sse_paths: list[UrlPath] = Field(default=["/api/stream"], min_length=1)
+    tls: TLS | None = None
     # Loopback-only listener that serves the live config revision (proves a reload took effect).
     revision_port: Port = 8573
+    extra_directives: list[RawDirectives] = []
+
+
+class Nginx(_Model):
+    expected_streams: int = Field(default=10_000, ge=1, le=1_000_000)
+    proxy_read_timeout: int | None = Field(default=None, ge=1)
+    worker_shutdown_timeout: int = Field(default=60, ge=1, le=3600)
+    upstream_keepalive: int = Field(default=32, ge=1, le=10_000)
+    version: Annotated[str, AfterValidator(_version)] = OLDEST_NGINX
+    backups: int = Field(default=5, ge=1, le=100)
+    extra_http_directives: list[RawDirectives] = []
 
 
 class App(_Model):
@@ -65,12 +134,34 @@ class App(_Model):
 
 class Settings(_Model):
     site: Site = Site()
+    nginx: Nginx = Nginx()
     app: App = App()
+
+    @model_validator(mode="after")
+    def _timeout_outlasts_heartbeats(self) -> "Settings":
+        floor = 4 * self.app.heartbeat_seconds
+        if self.nginx.proxy_read_timeout is not None and self.nginx.proxy_read_timeout < floor:
+            raise _CrossFieldError(
+                ("nginx", "proxy_read_timeout"), self.nginx.proxy_read_timeout,
+                f"must be at least 4 x app.heartbeat_seconds ({floor}), or nginx cuts quiet streams",
+            )
+        if self.site.revision_port in (self.site.listen_port, self.app.port) or (
+            self.site.tls and self.site.tls.port in (self.site.listen_port, self.site.revision_port)
+        ):
+            raise _CrossFieldError(("site", "revision_port"), self.site.revision_port,
+                                   "must differ from the site's listen, TLS and app ports")
+        return self
 
     @property
     def proxy_read_timeout(self) -> int:
-        """nginx closes a stream silent for this long: 4 heartbeats (playbook row 5)."""
-        return 4 * self.app.heartbeat_seconds
+        """nginx closes a stream silent for this long: at least 4 heartbeats (playbook row 5)."""
+        return self.nginx.proxy_read_timeout or 4 * self.app.heartbeat_seconds
+
+
+class _CrossFieldError(ValueError):
+    def __init__(self, loc: tuple[str, ...], value, msg: str):
+        super().__init__(msg)
+        self.loc, self.value, self.msg = loc, value, msg
 
 
 class SettingsError(PyinfraError, ValueError):
@@ -85,11 +176,15 @@ def parse(data: dict, host_name: str = "?") -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            value = err.get("input")
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown setting (a typo?)"
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, _CrossFieldError):
+                where, value, msg = ".".join(cause.loc), cause.value, cause.msg
+            else:
+                where = ".".join(str(p) for p in err["loc"])
+                value = err.get("input")
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = "unknown setting (a typo?)"
             lines.append(f"host {host_name}: {where} = {value!r}: {msg}")
         raise SettingsError("\n".join(lines)) from None
 

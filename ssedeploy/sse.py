@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -124,17 +125,26 @@ class _Chunked:
 
 def read_stream(host: str, port: int, path: str = "/api/stream", *, duration: float,
                 headers: dict[str, str] | None = None, last_event_id: str | None = None,
-                connect_timeout: float = 5.0) -> StreamResult:
+                connect_timeout: float = 5.0, tls: bool = False, server_name: str | None = None,
+                insecure: bool = False) -> StreamResult:
     result = StreamResult()
     start = time.monotonic()
     ms = lambda: round((time.monotonic() - start) * 1000, 1)  # noqa: E731
-    send = {"Host": host if port == 80 else f"{host}:{port}", **BROWSER_HEADERS, **(headers or {}),
+    default_port = 443 if tls else 80
+    name = server_name or host
+    send = {"Host": name if port == default_port else f"{name}:{port}", **BROWSER_HEADERS, **(headers or {}),
             "Connection": "close"}
     if last_event_id is not None:
         send["Last-Event-ID"] = last_event_id
     request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in send.items()) + "\r\n"
     try:
         sock = socket.create_connection((host, port), timeout=connect_timeout)
+        if tls:
+            ctx = ssl.create_default_context()
+            if insecure:  # self-signed certificates (sandbox, staging)
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            sock = ctx.wrap_socket(sock, server_hostname=name)
     except OSError as exc:
         result.error = f"connect: {exc}"
         return result

@@ -1,33 +1,45 @@
-"""The rendered site, read through crossplane the way nginx reads it."""
+"""The rendered nginx tree, read through crossplane the way nginx reads it."""
 
 import crossplane
+import pytest
 
 from roles.app import unit
-from roles.nginx import site_conf
+from ssedeploy import nginx
 from ssedeploy.settings import parse
 
+LIMITS = nginx.Limits(workers=2, worker_connections=15000, worker_rlimit_nofile=30000, streams=10000)
 
-def parsed_site(tmp_path, data):
-    path = tmp_path / "site.conf"
-    path.write_text(site_conf(parse(data))[0])
+
+def parsed(tmp_path, data, version="1.22.1", name=nginx.SITE):
+    files, _ = nginx.render_tree(parse(data), version, LIMITS)
+    path = tmp_path / name.replace("/", "_")
+    path.write_text(files[name])
     result = crossplane.parse(str(path), single=True, check_ctx=False, comments=False)
     assert result["status"] == "ok", result["errors"]
     return result["config"][0]["parsed"]
 
 
-def public_server(parsed):
-    return next(d for d in parsed if d["directive"] == "server" and ["127.0.0.1:8573"] not in
-                [c["args"] for c in d["block"] if c["directive"] == "listen"])
+def args_of(block, directive):
+    return [d["args"] for d in block if d["directive"] == directive]
 
 
-def locations(parsed):
-    server = public_server(parsed)
+def servers(tree):
+    return [d["block"] for d in tree if d["directive"] == "server"]
+
+
+def public_server(tree):
+    """The server that proxies to the app (not the redirect nor the loopback revision)."""
+    return next(s for s in servers(tree) if any(d["directive"] == "location" and d["args"] == ["/"]
+                                                  and args_of(d["block"], "proxy_pass") for d in s))
+
+
+def locations(server):
     return {" ".join(d["args"]): {c["directive"]: c["args"] for c in d["block"]}
-            for d in server["block"] if d["directive"] == "location"}
+            for d in server if d["directive"] == "location"}
 
 
 def test_buffering_is_off_in_sse_locations_only(tmp_path):
-    locs = locations(parsed_site(tmp_path, {"site": {"sse_paths": ["/api/stream", "/events"]}}))
+    locs = locations(public_server(parsed(tmp_path, {"site": {"sse_paths": ["/api/stream", "/events"]}})))
     assert set(locs) == {"/", "^~ /api/stream", "^~ /events", "@sse_retry"}
     for path in ("^~ /api/stream", "^~ /events"):
         sse = locs[path]
@@ -37,27 +49,97 @@ def test_buffering_is_off_in_sse_locations_only(tmp_path):
         assert sse["proxy_read_timeout"] == ["60s"]
         assert sse["proxy_http_version"] == ["1.1"]
         assert sse["error_page"] == ["502", "503", "504", "=", "@sse_retry"]
+        assert "proxy_ignore_headers" not in sse  # the app's X-Accel-Buffering is honoured
     assert "proxy_buffering" not in locs["/"]
 
 
 def test_sse_location_repeats_forwarding_headers(tmp_path):
-    parsed = parsed_site(tmp_path, {})
-    server = public_server(parsed)
-    sse = next(d for d in server["block"] if d["directive"] == "location" and d["args"] == ["^~", "/api/stream"])
-    headers = {c["args"][0]: c["args"][1] for c in sse["block"] if c["directive"] == "proxy_set_header"}
+    server = public_server(parsed(tmp_path, {}))
+    sse = next(d for d in server if d["directive"] == "location" and d["args"] == ["^~", "/api/stream"])
+    headers = {a[0]: a[1] for a in args_of(sse["block"], "proxy_set_header")}
     assert headers == {
         "Connection": "", "Host": "$host", "X-Real-IP": "$remote_addr",
         "X-Forwarded-For": "$proxy_add_x_forwarded_for", "X-Forwarded-Proto": "$scheme",
     }
 
 
+def test_retry_fallback_answers_200_event_stream(tmp_path):
+    retry = locations(public_server(parsed(tmp_path, {})))["@sse_retry"]
+    assert retry["default_type"] == ["text/event-stream"]
+    assert retry["return"][0] == "200" and retry["return"][1].startswith("retry: ")
+
+
 def test_upstream_and_listen_follow_settings(tmp_path):
-    parsed = parsed_site(tmp_path, {"app": {"port": 4000, "name": "web"}, "site": {"listen_port": 8080}})
-    upstream = next(d for d in parsed if d["directive"] == "upstream")
+    tree = parsed(tmp_path, {"app": {"port": 4000, "name": "web"}, "site": {"listen_port": 8080},
+                             "nginx": {"upstream_keepalive": 8}})
+    upstream = next(d for d in tree if d["directive"] == "upstream")
     assert upstream["args"] == ["web_upstream"]
-    assert ["server", ["127.0.0.1:4000"]] in [[c["directive"], c["args"]] for c in upstream["block"]]
-    server = public_server(parsed)
-    assert [d["args"] for d in server["block"] if d["directive"] == "listen"] == [["8080"], ["[::]:8080"]]
+    assert args_of(upstream["block"], "server") == [["127.0.0.1:4000"]]
+    assert args_of(upstream["block"], "keepalive") == [["8"]]
+    assert args_of(public_server(tree), "listen") == [["8080", "reuseport"], ["[::]:8080", "reuseport"]]
+
+
+def test_revision_is_served_on_loopback_only_and_tracks_the_config(tmp_path):
+    _, rev = nginx.render_tree(parse({}), "1.22.1", LIMITS)
+    _, other = nginx.render_tree(parse({"site": {"sse_paths": ["/events"]}}), "1.22.1", LIMITS)
+    assert rev != other and len(rev) == 16
+    revision = next(s for s in servers(parsed(tmp_path, {})) if args_of(s, "listen") == [["127.0.0.1:8573"]])
+    assert locations(revision)["= /ssedeploy/revision"]["return"] == ["200", f"{rev}\\n"]
+
+
+@pytest.mark.parametrize("version,listen,http2", [
+    ("1.22.1", ["443", "ssl", "http2", "reuseport"], []),
+    ("1.24.0", ["443", "ssl", "http2", "reuseport"], []),
+    ("1.25.1", ["443", "ssl", "reuseport"], [["on"]]),
+    ("1.26.3", ["443", "ssl", "reuseport"], [["on"]]),
+])
+def test_tls_http2_syntax_follows_the_nginx_version(tmp_path, version, listen, http2):
+    tree = parsed(tmp_path, {"site": {"tls": {}}}, version)
+    main = public_server(tree)
+    assert args_of(main, "listen")[0] == listen
+    assert args_of(main, "http2") == http2
+    assert args_of(main, "ssl_certificate") == [["/etc/ssl/ssedeploy/sseapp.crt"]]
+
+
+def test_http_redirects_everything_to_https_when_tls_is_on(tmp_path):
+    tree = parsed(tmp_path, {"site": {"tls": {"port": 8443}}})
+    redirect = next(s for s in servers(tree) if args_of(s, "return") and args_of(s, "listen")[0][0] == "80")
+    assert args_of(redirect, "return") == [["301", "https://$host:8443$request_uri"]]
+    assert not locations(redirect)  # the SSE paths too
+
+
+def test_nginx_conf_is_sized_and_never_gzips_event_streams(tmp_path):
+    tree = parsed(tmp_path, {"nginx": {"worker_shutdown_timeout": 90}}, name=nginx.NGINX_CONF)
+    top = {d["directive"]: d for d in tree}
+    assert top["worker_rlimit_nofile"]["args"] == ["30000"]
+    assert top["worker_shutdown_timeout"]["args"] == ["90s"]
+    assert args_of(top["events"]["block"], "worker_connections") == [["15000"]]
+    http = top["http"]["block"]
+    assert args_of(http, "server_tokens") == [["off"]]
+    assert args_of(http, "gzip") == [["on"]]
+    gzip_types = [t for a in args_of(http, "gzip_types") for t in a]
+    assert "text/event-stream" not in gzip_types and "application/json" in gzip_types
+
+
+def test_extra_directives_land_where_declared(tmp_path):
+    data = {"site": {"extra_directives": ["client_max_body_size 5m;"]},
+            "nginx": {"extra_http_directives": ["map $http_upgrade $x {\n    default 1;\n}"]}}
+    assert args_of(public_server(parsed(tmp_path, data)), "client_max_body_size") == [["5m"]]
+    http = next(d for d in parsed(tmp_path, data, name=nginx.NGINX_CONF) if d["directive"] == "http")["block"]
+    assert args_of(http, "map") == [["$http_upgrade", "$x"]]
+
+
+@pytest.mark.parametrize("streams,cpus,hard,want", [
+    (10_000, 2, None, (15000, 30000, 10000)),
+    (10_000, 2, 20_000, (10000, 20000, 6666)),   # capped by the fd hard limit (playbook 10b)
+    (100, 1, None, (1024, 2048, 100)),
+    (10_000, 4, 1_048_576, (7500, 15000, 10000)),
+])
+def test_limits_are_derived_from_expected_streams(streams, cpus, hard, want):
+    lim = nginx.limits(parse({"nginx": {"expected_streams": streams}}), cpus, hard)
+    assert (lim.worker_connections, lim.worker_rlimit_nofile, lim.streams) == want
+    assert lim.worker_rlimit_nofile >= 2 * lim.worker_connections or lim.worker_rlimit_nofile == hard
+    assert nginx.drop_in(lim).splitlines()[-1] == f"LimitNOFILE={lim.worker_rlimit_nofile}"
 
 
 def test_app_unit_binds_loopback_and_stops_fast():
@@ -69,14 +151,3 @@ def test_app_unit_binds_loopback_and_stops_fast():
     assert "TimeoutStopSec=15" in lines and "KillMode=mixed" in lines
     assert "Restart=always" in lines
     assert not any("MemoryDenyWriteExecute" in line for line in lines)  # V8 needs W+X pages
-
-
-def test_revision_is_served_on_loopback_only_and_tracks_the_config(tmp_path):
-    text, rev = site_conf(parse({}))
-    other_text, other_rev = site_conf(parse({"site": {"sse_paths": ["/events"]}}))
-    assert rev != other_rev and len(rev) == 16
-    parsed = parsed_site(tmp_path, {})
-    servers = [d for d in parsed if d["directive"] == "server"]
-    revision = next(s for s in servers if s is not public_server(parsed))
-    assert [c["args"] for c in revision["block"] if c["directive"] == "listen"] == [["127.0.0.1:8573"]]
-    assert f'"{rev}\\n"' in text

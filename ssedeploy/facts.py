@@ -1,0 +1,64 @@
+"""pyinfra facts ssedeploy reads from a host (the shape of pyinfra's own facts)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from pyinfra.api import FactBase
+
+
+class NginxVersion(FactBase):
+    """The installed nginx's version, e.g. ``"1.22.1"``; None when nginx is not installed."""
+
+    def command(self) -> str:
+        return "/usr/sbin/nginx -v 2>&1 || true"
+
+    def process(self, output):
+        match = re.search(r"nginx/(\d+\.\d+\.\d+)", "\n".join(output))
+        return match.group(1) if match else None
+
+
+class NofileHardLimit(FactBase):
+    """The open-files hard limit of PID 1: no service (nginx included) can be given more."""
+
+    def command(self) -> str:
+        return "awk '/^Max open files/ {print $5}' /proc/1/limits"
+
+    def process(self, output):
+        value = "".join(output).strip()
+        return int(value) if value.isdigit() else None
+
+
+class CpuCount(FactBase):
+    """Online CPUs: what `worker_processes auto` would start."""
+
+    def command(self) -> str:
+        return "nproc"
+
+    def process(self, output):
+        return int("".join(output).strip() or 1)
+
+
+class PathStates(FactBase):
+    """For each path: ``("F", sha256)`` for a file, ``("L", target)`` for a symlink, None if absent."""
+
+    def command(self, paths: list[str]) -> str:
+        quoted = " ".join(shlex.quote(p) for p in paths)
+        return (
+            f"for p in {quoted}; do "
+            'if [ -L "$p" ]; then printf "L %s %s\\n" "$p" "$(readlink "$p")"; '
+            'elif [ -f "$p" ]; then printf "F %s %s\\n" "$p" "$(sha256sum < "$p" | cut -d" " -f1)"; '
+            'else printf -- "- %s\\n" "$p"; fi; done'
+        )
+
+    def process(self, output):
+        states = {}
+        for line in output:
+            kind, _, rest = line.partition(" ")
+            if kind == "-":
+                states[rest] = None
+            else:
+                path, _, value = rest.partition(" ")
+                states[path] = (kind, value)
+        return states

@@ -1,0 +1,79 @@
+"""What ssedeploy writes into /etc/nginx, rendered on the controller from settings and host facts.
+
+Pure functions: the deploy, `ssedeploy check` and the unit tests all call these, so
+what a test reads is what a host gets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from .render import render
+from .settings import Settings
+
+NGINX_CONF = "nginx.conf"
+SITE = "sites-available/ssedeploy.conf"
+SITE_LINK = "sites-enabled/ssedeploy.conf"
+# What ssedeploy owns, relative to /etc/nginx: files it writes, links it makes, links it removes.
+LINKS = {SITE_LINK: "../" + SITE}
+REMOVED = ("sites-enabled/default",)
+TLS_DIR = "/etc/ssl/ssedeploy"
+DROP_IN = "/etc/systemd/system/nginx.service.d/ssedeploy.conf"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sizes derived from the expected streams, under the host's file-descriptor hard limit."""
+
+    workers: int
+    worker_connections: int
+    worker_rlimit_nofile: int
+    streams: int  # streams the sizes really carry (below expected when the fd limit caps them)
+
+
+def limits(settings: Settings, cpus: int, nofile_hard: int | None) -> Limits:
+    workers = max(1, cpus)
+    per_worker = math.ceil(settings.nginx.expected_streams / workers)
+    # Each stream holds a client and an upstream connection; 1.5 x for headroom.
+    connections = max(1024, math.ceil(2 * per_worker * 1.5))
+    nofile = 2 * connections
+    if nofile_hard and nofile > nofile_hard:
+        nofile = nofile_hard  # setrlimit above the hard limit fails and workers stay at 1024
+        connections = nofile // 2
+    streams = min(settings.nginx.expected_streams, math.floor(connections / 3) * workers)
+    return Limits(workers, connections, nofile, streams)
+
+
+def upstream_name(settings: Settings) -> str:
+    return f"{settings.app.name.replace('-', '_')}_upstream"
+
+
+def tls_paths(settings: Settings) -> tuple[str, str]:
+    return f"{TLS_DIR}/{settings.app.name}.crt", f"{TLS_DIR}/{settings.app.name}.key"
+
+
+def render_tree(settings: Settings, version: str, lim: Limits) -> tuple[dict[str, str], str]:
+    """The files ssedeploy owns under /etc/nginx, and the revision that identifies them."""
+    new_http2 = version_tuple(version) >= (1, 25, 1)  # `http2 on;` replaced `listen ... http2`
+    cert, key = tls_paths(settings)
+    conf = render("nginx/nginx.conf.j2", settings=settings, limits=lim)
+    site = render(
+        "nginx/site.conf.j2", settings=settings, upstream=upstream_name(settings),
+        read_timeout=settings.proxy_read_timeout, new_http2=new_http2, cert=cert, key=key,
+    )
+    digest = hashlib.sha256()
+    for name, text in ((NGINX_CONF, conf), (SITE, site), *sorted(LINKS.items())):
+        digest.update(f"{name}\0{text}\0".encode())
+    revision = digest.hexdigest()[:16]
+    site += render("nginx/revision.conf.j2", revision=revision, port=settings.site.revision_port)
+    return {NGINX_CONF: conf, SITE: site}, revision
+
+
+def drop_in(lim: Limits) -> str:
+    return render("systemd/nginx-limits.conf.j2", limits=lim)
