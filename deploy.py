@@ -1,15 +1,19 @@
 """The deploy pyinfra runs: `pyinfra inventories/prod.py deploy.py`.
 
-Settings are parsed for the host before any operation is queued, so bad inventory
-data stops the run with a message naming the host, field and value.
+Every host's settings are validated the first time this file runs, before any
+operation is queued: one bad value anywhere stops the whole run with a message naming
+the host, field and value, and no host is touched. (`ssedeploy check` does the same
+offline, without connecting.)
 """
 
-from pyinfra import host
+from pyinfra import host, inventory
 
 from roles.app import app
 from roles.nginx import nginx
 from ssedeploy.settings import for_host
 
+for other in inventory:
+    for_host(other)
 settings = for_host(host)
 
 app(settings)

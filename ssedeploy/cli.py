@@ -52,6 +52,12 @@ def _sandbox_ssh(args) -> int:
     os.execvp("ssh", cmd)
 
 
+def _check(args) -> int:
+    from .check import check  # pyinfra's CLI machinery only when needed
+
+    return check(args.inventory, args.limit.split(",") if args.limit else None)
+
+
 def _err(*parts) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
@@ -59,6 +65,10 @@ def _err(*parts) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssedeploy", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    ck = sub.add_parser("check", help="validate settings and lint every host's nginx config, offline")
+    ck.add_argument("inventory")
+    ck.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")
+    ck.set_defaults(func=_check)
     sb = sub.add_parser("sandbox", help="disposable local hosts (systemd-nspawn)")
     sbsub = sb.add_subparsers(dest="action", required=True)
     name_help = "instance name (default: $SSEDEPLOY_SANDBOX or 'demo')"

@@ -27,7 +27,7 @@ _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 def _path(value: str) -> str:
-    if not _PATH_RE.match(value):
+    if not _PATH_RE.fullmatch(value):
         raise ValueError(
             "must be an absolute URL path of letters, digits and . _ ~ / % : @ ! * + , = - "
             "(no spaces, quotes, ;, {, }, $ or newlines)"
@@ -36,19 +36,19 @@ def _path(value: str) -> str:
 
 
 def _server_name(value: str) -> str:
-    if not _SERVER_NAME_RE.match(value) or len(value) > 253:
+    if not _SERVER_NAME_RE.fullmatch(value) or len(value) > 253:
         raise ValueError("must be a host name (a.example.com), a wildcard (*.example.com) or _")
     return value
 
 
 def _unit_name(value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError("must be 1-32 characters: lower-case letters, digits or '-', a letter first")
     return value
 
 
 def _version(value: str) -> str:
-    if not _VERSION_RE.match(value):
+    if not _VERSION_RE.fullmatch(value):
         raise ValueError("must be an nginx version like 1.22.1")
     return value
 

@@ -76,7 +76,7 @@ class Record:
 
 
 def check_name(instance: str) -> str:
-    if not NAME_RE.match(instance or ""):
+    if not NAME_RE.fullmatch(instance or ""):
         raise SandboxError(
             f"sandbox name {instance!r} is not allowed: use 1-11 characters, a lower-case letter "
             "first, then lower-case letters, digits or '-'"
@@ -295,7 +295,7 @@ def down_stale(log=print) -> list[str]:
     names |= {n[len(network.BRIDGE_PREFIX):] for n in network.links() if n.startswith(network.BRIDGE_PREFIX)}
     cleaned = []
     for name in sorted(names):
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             continue
         rec = Record.load(global_record_path(name))
         if rec and any(h.alive for h in rec.hosts):

@@ -28,3 +28,26 @@ def ssedeploy(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def pyinfra_deploy(**kw) -> subprocess.CompletedProcess:
     return run(str(BIN / "pyinfra"), "-y", "inventories/sandbox.py", "deploy.py", **kw)
+
+
+def deploy_with(data: dict, tmp_dir: Path, instance: str = INSTANCE, check: bool = False):
+    """Deploy with extra inventory data for every host of the instance (a settings change)."""
+    inventory = tmp_dir / f"inventory_{abs(hash(repr(data)))}.py"
+    inventory.write_text(
+        "from ssedeploy.inventory import sandbox_hosts\n"
+        f"hosts = [(name, dict(data, **{data!r})) for name, data in sandbox_hosts({instance!r})]\n"
+    )
+    return run(str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", check=check, instance=instance)
+
+
+def operation_results(log: str) -> dict[str, list[str]]:
+    """pyinfra's log -> {operation name: [per-host result lines]} ("Success", "No changes", "Error")."""
+    results: dict[str, list[str]] = {}
+    current = None
+    for line in log.splitlines():
+        if line.startswith("--> Starting operation: "):
+            current = line.removeprefix("--> Starting operation: ").strip()
+            results.setdefault(current, [])
+        elif current and line.strip().startswith("[") and "]" in line:
+            results[current].append(line.split("]", 1)[1].strip())
+    return results

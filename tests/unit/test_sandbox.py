@@ -29,7 +29,7 @@ def test_valid_names(name):
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "Demo", "1abc", "a_b", "a" * 12, "a b", "../x"])
+@pytest.mark.parametrize("name", ["", "Demo", "1abc", "a_b", "a" * 12, "a b", "../x", "demo\n"])
 def test_invalid_names_are_refused_with_the_rule(name):
     with pytest.raises(SandboxError, match="1-11 characters"):
         check_name(name)

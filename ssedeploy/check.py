@@ -1,0 +1,138 @@
+"""`ssedeploy check INVENTORY`: validate and render every host's nginx config offline.
+
+Nothing connects to a host. Each host's settings are validated and its tree rendered
+for `nginx.version` from the settings (default: the oldest supported, 1.22.1), for
+OFFLINE_CPUS workers and no fd cap (the deploy sizes from the host's facts). The tree
+is linted with gixy-next, where only `proxy_buffering_off` inside a declared SSE
+location is accepted, and tested with the local `nginx -t` under a temporary prefix
+(stub certificate and mime types, no dynamic modules) when this machine has an nginx
+at least as new as the version rendered for; otherwise that step is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pyinfra.api import Config, State
+from pyinfra.context import ctx_state
+from pyinfra_cli.inventory import make_inventory
+
+from . import nginx
+from .settings import DATA_KEYS, Settings, SettingsError, parse
+
+OFFLINE_CPUS = 2
+
+
+def load_hosts(inventory_path: str, limit: list[str] | None = None) -> list[tuple[str, dict]]:
+    """(name, ssedeploy data) of each host in a pyinfra inventory file, without connecting."""
+    state = State()
+    with ctx_state.use(state):
+        inventory = make_inventory(inventory_path)
+    state.init(inventory, Config())
+    hosts = []
+    with ctx_state.use(state):
+        for host in inventory:
+            groups = {g for g in host.groups} if hasattr(host, "groups") else set()
+            if limit and host.name not in limit and not (groups & set(limit)):
+                continue
+            hosts.append((host.name, {key: host.data.get(key) for key in DATA_KEYS}))
+    return hosts
+
+
+def write_prefix(root: Path, settings: Settings, files: dict[str, str]) -> Path:
+    """The rendered tree under `root`, its absolute paths moved there, stubs for host-only files."""
+    for sub in ("sites-enabled", "conf.d", "log", "ssl"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    moves = {"/etc/nginx/": f"{root}/", "/var/log/nginx/": f"{root}/log/", "/run/nginx.pid": f"{root}/nginx.pid",
+             nginx.TLS_DIR + "/": f"{root}/ssl/"}
+    for rel, text in files.items():
+        text = re.sub(r"^include /etc/nginx/modules-enabled/\*\.conf;\n", "", text, flags=re.M)
+        for old, new in moves.items():
+            text = text.replace(old, new)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    for rel, target in nginx.LINKS.items():
+        (root / rel).symlink_to(target)
+    mime = Path("/etc/nginx/mime.types")
+    (root / "mime.types").write_text(mime.read_text() if mime.exists() else "types { text/html html; }\n")
+    if settings.site.tls:
+        cert, key = (root / "ssl" / Path(p).name for p in nginx.tls_paths(settings))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=check",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return root / nginx.NGINX_CONF
+
+
+def lint(conf: Path, settings: Settings) -> list[str]:
+    gixy = shutil.which("gixy", path=str(Path(sys.executable).parent)) or shutil.which("gixy")
+    if not gixy:
+        return ["gixy-next is not installed (pip install gixy-next)"]
+    out = subprocess.run([gixy, "-f", "json", str(conf)], capture_output=True, text=True)
+    try:
+        findings = json.loads(out.stdout or "[]")
+    except ValueError:
+        return [f"gixy failed: {out.stderr.strip() or out.stdout.strip()}"]
+    allowed = {f"location ^~ {p} {{" for p in settings.site.sse_paths}
+    problems = []
+    for f in findings:
+        if f["plugin"] == "proxy_buffering_off" and enclosing_block(Path(f["file"]), f.get("line")) in allowed:
+            continue  # buffering off is the point of an SSE location, and only there
+        problems.append(f"gixy {f['plugin']} ({f['severity']}) in {Path(f['file']).name}:{f.get('line')}: {f['reason']}")
+    return problems
+
+
+def enclosing_block(path: Path, lineno: int | None) -> str | None:
+    """The opening line of the block that holds line `lineno` of `path`."""
+    if not lineno:
+        return None
+    depth = 0
+    for text in reversed(path.read_text().splitlines()[: lineno - 1]):
+        depth += text.count("}") - text.count("{")
+        if depth < 0:
+            return text.strip()
+    return None
+
+
+def local_nginx_test(conf: Path, version: str) -> tuple[list[str], str | None]:
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if not binary:
+        return [], "no local nginx: nginx -t skipped"
+    local = re.search(r"nginx/(\d+\.\d+\.\d+)", subprocess.run([binary, "-v"], capture_output=True, text=True).stderr)
+    if not local or nginx.version_tuple(local.group(1)) < nginx.version_tuple(version):
+        return [], f"local nginx {local.group(1) if local else '?'} is older than {version}: nginx -t skipped"
+    result = subprocess.run([binary, "-t", "-q", "-p", str(conf.parent), "-c", str(conf)], capture_output=True, text=True)
+    return ([f"nginx -t: {result.stderr.strip()}"] if result.returncode else []), None
+
+
+def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int:
+    hosts = load_hosts(inventory_path, limit)
+    if not hosts:
+        out(f"ssedeploy check: no host in {inventory_path}")
+        return 1
+    failed = 0
+    for name, data in hosts:
+        try:
+            settings = parse(data, name)
+        except SettingsError as exc:
+            out(str(exc))
+            failed += 1
+            continue
+        version = settings.nginx.version
+        lim = nginx.limits(settings, OFFLINE_CPUS, None)
+        files, revision = nginx.render_tree(settings, version, lim)
+        with tempfile.TemporaryDirectory(prefix="ssedeploy-check-") as tmp:
+            conf = write_prefix(Path(tmp), settings, files)
+            problems = lint(conf, settings)
+            tested, skipped = local_nginx_test(conf, version)
+            problems += tested
+        for p in problems:
+            out(f"host {name}: {p}")
+        note = f" ({skipped})" if skipped else ("" if tested else ", nginx -t ok")
+        out(f"host {name}: {'FAILED' if problems else 'ok'}: nginx {version}, revision {revision}{note}")
+        failed += bool(problems)
+    return 1 if failed else 0

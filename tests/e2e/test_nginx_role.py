@@ -1,0 +1,148 @@
+"""The nginx role on a real sandbox host: scoped SSE config, rollback, one proven reload, TLS + HTTP/2."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+
+import crossplane
+import pytest
+
+from ssedeploy.sse import read_stream
+
+from .helpers import deploy_with, operation_results, pyinfra_deploy
+
+RELOAD = "nginx | Reload nginx gracefully"
+RESTART = "nginx | Restart nginx (package or drop-in changed)"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def back_to_defaults(first_deploy):
+    yield
+    pyinfra_deploy()  # the other modules expect the default settings
+
+
+def live_tree(host) -> list[dict]:
+    """`nginx -T` parsed by crossplane: every file nginx loaded, as one list of directives."""
+    dump = host.check_output("nginx -T 2>/dev/null")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "nginx-T.conf")
+        path.write_text(dump)
+        result = crossplane.parse(str(path), single=True, check_ctx=False, comments=False)
+    assert result["status"] == "ok", result["errors"]
+    return result["config"][0]["parsed"]
+
+
+def walk(directives, parents=()):
+    for d in directives:
+        yield d, parents
+        yield from walk(d.get("block", []), (*parents, d))
+
+
+def locations(tree) -> dict[str, dict[str, list[str]]]:
+    return {" ".join(d["args"]): {c["directive"]: c["args"] for c in d["block"]}
+            for d, _ in walk(tree) if d["directive"] == "location"}
+
+
+def etc_nginx_snapshot(host) -> str:
+    return host.check_output(
+        "cd /etc/nginx && find . -printf '%p %y %m %l\\n' | sort && "
+        "find . -type f -print0 | sort -z | xargs -0 sha256sum"
+    )
+
+
+def workers(host) -> set[str]:
+    return set(host.check_output("pgrep -P $(cat /run/nginx.pid)").split())
+
+
+def master(host) -> str:
+    return host.check_output("cat /run/nginx.pid")
+
+
+def served_revision(host) -> str:
+    return host.check_output("curl -s http://127.0.0.1:8573/ssedeploy/revision")
+
+
+def test_sse_directives_are_scoped_in_the_live_config(host):
+    tree = live_tree(host)
+    locs = locations(tree)
+    sse = locs["^~ /api/stream"]
+    assert sse["proxy_buffering"] == ["off"] and sse["proxy_cache"] == ["off"] and sse["gzip"] == ["off"]
+    assert sse["proxy_read_timeout"] == ["60s"] and sse["proxy_http_version"] == ["1.1"]
+    buffering_off = [loc for loc, d in locs.items() if d.get("proxy_buffering") == ["off"]]
+    assert buffering_off == ["^~ /api/stream"], "buffering is off outside the SSE location"
+    assert not [d for d, _ in walk(tree) if d["directive"] == "proxy_ignore_headers"]
+    conns = [d["args"] for d, _ in walk(tree) if d["directive"] == "worker_connections"]
+    rlimit = [d["args"] for d, _ in walk(tree) if d["directive"] == "worker_rlimit_nofile"]
+    hard = int(host.check_output("awk '/^Max open files/ {print $5}' /proc/1/limits"))
+    assert int(rlimit[0][0]) <= hard and int(conns[0][0]) * 2 <= int(rlimit[0][0])
+
+
+def test_workers_really_got_the_file_limit(host):
+    want = host.check_output("nginx -T 2>/dev/null | awk '/^worker_rlimit_nofile/ {print $2}'").rstrip(";")
+    for pid in workers(host):
+        soft = host.check_output(f"awk '/^Max open files/ {{print $4}}' /proc/{pid}/limits")
+        assert soft == want, f"worker {pid} has {soft} open files, not {want}"
+
+
+def test_a_broken_directive_is_rolled_back_and_the_stream_keeps_streaming(host, target, tmp_path):
+    before, pid = etc_nginx_snapshot(host), master(host)
+    result = deploy_with({"site": {"extra_directives": ["ssedeploy_bogus_directive on;"]}}, tmp_path)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert 'unknown directive "ssedeploy_bogus_directive"' in log  # nginx's own text
+    assert "restored as it was" in log
+    assert etc_nginx_snapshot(host) == before, "/etc/nginx changed after a failed deploy"
+    assert master(host) == pid
+    assert operation_results(log).get(RELOAD, []) in ([], ["No changes"])
+    stream = read_stream(target["address"], 80, "/api/stream", duration=2.5)
+    assert stream.status == 200 and len(stream.events) >= 2
+    assert host.file("/var/lib/ssedeploy/nginx/failed/sites-available/ssedeploy.conf").contains(
+        "ssedeploy_bogus_directive")
+
+
+def test_a_settings_change_reloads_once_with_new_workers_and_revision(host, tmp_path):
+    old_workers, old_master, old_rev = workers(host), master(host), served_revision(host)
+    result = deploy_with({"nginx": {"worker_shutdown_timeout": 61}}, tmp_path, check=True)
+    ops = operation_results(result.stdout + result.stderr)
+    assert ops[RELOAD] == ["Success"] and ops[RESTART] == ["No changes"]
+    assert master(host) == old_master, "nginx was restarted, not reloaded"
+    assert workers(host) - old_workers, "no new worker after the reload"
+    new_rev = served_revision(host)
+    assert new_rev != old_rev and new_rev == host.file("/var/lib/ssedeploy/nginx/revision").content_string.strip()
+    assert "worker_shutdown_timeout 61s;" in host.check_output("nginx -T 2>/dev/null")
+
+    again = deploy_with({"nginx": {"worker_shutdown_timeout": 61}}, tmp_path, check=True)
+    assert operation_results(again.stdout + again.stderr)[RELOAD] == ["No changes"]
+    assert served_revision(host) == new_rev
+
+
+def test_backups_are_bounded_and_outside_any_include(host):
+    backups = host.check_output("ls -1 /var/lib/ssedeploy/nginx/backups").split()
+    assert 1 <= len(backups) <= 5
+    assert not host.check_output("ls -A /etc/nginx | grep -i -E 'bak|backup|ssedeploy-new' || true")
+
+
+def test_removing_an_sse_path_removes_its_location(host, tmp_path):
+    deploy_with({"site": {"sse_paths": ["/api/stream", "/events"]}}, tmp_path, check=True)
+    assert "^~ /events" in locations(live_tree(host))
+    deploy_with({"site": {"sse_paths": ["/api/stream"]}}, tmp_path, check=True)
+    assert "^~ /events" not in locations(live_tree(host))
+
+
+def test_tls_with_http2_and_redirects(host, target, tmp_path):
+    deploy_with({"site": {"tls": {}}}, tmp_path, check=True)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # self-signed
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection((target["address"], 443), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=target["address"]) as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+    redirect = read_stream(target["address"], 80, "/api/stream", duration=1)
+    assert redirect.status == 301
+    assert redirect.headers["location"] == f"https://{target['address']}/api/stream"
+    stream = read_stream(target["address"], 443, "/api/stream", duration=2.5, tls=True, insecure=True)
+    assert stream.status == 200 and len(stream.events) >= 2
+    assert stream.first_block_ms < 1000
