@@ -12,6 +12,7 @@ import re
 import pytest
 
 from ssedeploy.sse import read_stream
+from ssedeploy.testinfra_backend import get_host
 
 from .helpers import pyinfra_deploy, ssedeploy
 
@@ -37,9 +38,13 @@ def test_ubuntu24_deploys_streams_and_converges(noble):
     assert re.search(r"^\s+\[\S+\] Success", first.stderr, re.M)
     stream = read_stream(noble["address"], 80, "/api/stream", duration=4.5,
                          headers={"Accept-Encoding": "gzip, deflate, br"})
-    assert stream.status == 200 and "(Ubuntu)" in stream.headers.get("server", "")
+    assert stream.status == 200 and stream.headers.get("server") == "nginx"  # server_tokens off
     assert "content-encoding" not in stream.headers
     assert stream.first_block_ms is not None and stream.first_block_ms < 1000
     assert len(stream.events) >= 3 and all(750 <= g <= 1250 for g in stream.gaps_ms), stream.gaps_ms
+    host = get_host(noble["address"], user=noble["ssh_user"], key=noble["ssh_key"], known_hosts=noble["known_hosts"])
+    assert host.system_info.distribution == "ubuntu" and host.system_info.release == "24.04"
+    assert "nginx/1.24" in host.run("nginx -v").stderr
+    assert host.run("nginx -t").rc == 0
     again = pyinfra_deploy(instance=NAME)
     assert not re.search(r"^\s+\[\S+\] Success", again.stdout + again.stderr, re.M)
