@@ -23,7 +23,12 @@ web = (
         ("web-2", {"ssh_hostname": "web-2.example.com", **SSH}),
     ],
     {
-        "site": {"server_names": ["example.com", "www.example.com"], "sse_paths": ["/api/stream"]},
+        "site": {
+            "server_names": ["example.com", "www.example.com"],
+            "sse_paths": ["/api/stream"],
+            # "tls": {"mode": "files", "certificate": "certs/example.com.crt", "key": "certs/example.com.key"},
+        },
+        "nginx": {"expected_streams": 10000},
         "app": {"name": "sseapp", "port": 3000, "heartbeat_seconds": 15},
     },
 )

@@ -47,3 +47,33 @@ def host(target):
     return get_host(target["address"], user=target["ssh_user"], key=target["ssh_key"],
                     known_hosts=target["known_hosts"])
 
+
+
+NOBLE = "e2e-noble"
+
+
+@pytest.fixture(scope="session")
+def noble():
+    """An Ubuntu 24.04 host, deployed; skipped only where `sandbox up` says its archive is unreachable (3)."""
+    try:
+        up = ssedeploy("sandbox", "up", "--name", NOBLE, "--distro", "ubuntu24", check=False)
+        if up.returncode == 3:
+            assert "not reachable" in up.stderr or "could not download" in up.stderr, up.stderr
+            pytest.skip(f"Ubuntu archive unreachable here: {up.stderr.strip()[:300]}")
+        assert up.returncode == 0, up.stdout + up.stderr
+        status = json.loads(ssedeploy("sandbox", "status", "--name", NOBLE, "--json").stdout)[0]
+        status["first_deploy"] = pyinfra_deploy(instance=NOBLE)
+        yield status
+    finally:
+        ssedeploy("sandbox", "down", "--name", NOBLE, check=False)
+
+
+@pytest.fixture(scope="module", params=["debian12", "ubuntu24"])
+def deployed(request):
+    """(instance, status, testinfra host) of a deployed host of each distro."""
+    if request.param == "debian12":
+        target = request.getfixturevalue("target")
+        return INSTANCE, target, request.getfixturevalue("host")
+    info = request.getfixturevalue("noble")
+    return NOBLE, info, get_host(info["address"], user=info["ssh_user"], key=info["ssh_key"],
+                                 known_hosts=info["known_hosts"])

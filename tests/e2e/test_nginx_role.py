@@ -18,10 +18,12 @@ RELOAD = "nginx | Reload nginx gracefully"
 RESTART = "nginx | Restart nginx (package or drop-in changed)"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def back_to_defaults(first_deploy):
-    yield
-    pyinfra_deploy()  # the other modules expect the default settings
+@pytest.fixture(scope="module")
+def role(deployed):
+    """The deployed host of one distro; put back to the default settings afterwards."""
+    instance, target, host = deployed
+    yield instance, target, host
+    pyinfra_deploy(instance=instance)  # the other tests expect the default settings
 
 
 def live_tree(host) -> list[dict]:
@@ -65,7 +67,8 @@ def served_revision(host) -> str:
     return host.check_output("curl -s http://127.0.0.1:8573/ssedeploy/revision")
 
 
-def test_sse_directives_are_scoped_in_the_live_config(host):
+def test_sse_directives_are_scoped_in_the_live_config(role):
+    instance, target, host = role
     tree = live_tree(host)
     locs = locations(tree)
     sse = locs["^~ /api/stream"]
@@ -80,16 +83,18 @@ def test_sse_directives_are_scoped_in_the_live_config(host):
     assert int(rlimit[0][0]) <= hard and int(conns[0][0]) * 2 <= int(rlimit[0][0])
 
 
-def test_workers_really_got_the_file_limit(host):
+def test_workers_really_got_the_file_limit(role):
+    instance, target, host = role
     want = host.check_output("nginx -T 2>/dev/null | awk '/^worker_rlimit_nofile/ {print $2}'").rstrip(";")
     for pid in workers(host):
         soft = host.check_output(f"awk '/^Max open files/ {{print $4}}' /proc/{pid}/limits")
         assert soft == want, f"worker {pid} has {soft} open files, not {want}"
 
 
-def test_a_broken_directive_is_rolled_back_and_the_stream_keeps_streaming(host, target, tmp_path):
+def test_a_broken_directive_is_rolled_back_and_the_stream_keeps_streaming(role, tmp_path):
+    instance, target, host = role
     before, pid = etc_nginx_snapshot(host), master(host)
-    result = deploy_with({"site": {"extra_directives": ["ssedeploy_bogus_directive on;"]}}, tmp_path)
+    result = deploy_with({"site": {"extra_directives": ["ssedeploy_bogus_directive on;"]}}, tmp_path, instance=instance)
     log = result.stdout + result.stderr
     assert result.returncode != 0
     assert 'unknown directive "ssedeploy_bogus_directive"' in log  # nginx's own text
@@ -103,9 +108,10 @@ def test_a_broken_directive_is_rolled_back_and_the_stream_keeps_streaming(host, 
         "ssedeploy_bogus_directive")
 
 
-def test_a_settings_change_reloads_once_with_new_workers_and_revision(host, tmp_path):
+def test_a_settings_change_reloads_once_with_new_workers_and_revision(role, tmp_path):
+    instance, target, host = role
     old_workers, old_master, old_rev = workers(host), master(host), served_revision(host)
-    result = deploy_with({"nginx": {"worker_shutdown_timeout": 61}}, tmp_path, check=True)
+    result = deploy_with({"nginx": {"worker_shutdown_timeout": 61}}, tmp_path, instance=instance, check=True)
     ops = operation_results(result.stdout + result.stderr)
     assert ops[RELOAD] == ["Success"] and ops[RESTART] == ["No changes"]
     assert master(host) == old_master, "nginx was restarted, not reloaded"
@@ -114,26 +120,29 @@ def test_a_settings_change_reloads_once_with_new_workers_and_revision(host, tmp_
     assert new_rev != old_rev and new_rev == host.file("/var/lib/ssedeploy/nginx/revision").content_string.strip()
     assert "worker_shutdown_timeout 61s;" in host.check_output("nginx -T 2>/dev/null")
 
-    again = deploy_with({"nginx": {"worker_shutdown_timeout": 61}}, tmp_path, check=True)
+    again = deploy_with({"nginx": {"worker_shutdown_timeout": 61}}, tmp_path, instance=instance, check=True)
     assert operation_results(again.stdout + again.stderr)[RELOAD] == ["No changes"]
     assert served_revision(host) == new_rev
 
 
-def test_backups_are_bounded_and_outside_any_include(host):
+def test_backups_are_bounded_and_outside_any_include(role):
+    instance, target, host = role
     backups = host.check_output("ls -1 /var/lib/ssedeploy/nginx/backups").split()
     assert 1 <= len(backups) <= 5
     assert not host.check_output("ls -A /etc/nginx | grep -i -E 'bak|backup|ssedeploy-new' || true")
 
 
-def test_removing_an_sse_path_removes_its_location(host, tmp_path):
-    deploy_with({"site": {"sse_paths": ["/api/stream", "/events"]}}, tmp_path, check=True)
+def test_removing_an_sse_path_removes_its_location(role, tmp_path):
+    instance, target, host = role
+    deploy_with({"site": {"sse_paths": ["/api/stream", "/events"]}}, tmp_path, instance=instance, check=True)
     assert "^~ /events" in locations(live_tree(host))
-    deploy_with({"site": {"sse_paths": ["/api/stream"]}}, tmp_path, check=True)
+    deploy_with({"site": {"sse_paths": ["/api/stream"]}}, tmp_path, instance=instance, check=True)
     assert "^~ /events" not in locations(live_tree(host))
 
 
-def test_tls_with_http2_and_redirects(host, target, tmp_path):
-    deploy_with({"site": {"tls": {}}}, tmp_path, check=True)
+def test_tls_with_http2_and_redirects(role, tmp_path):
+    instance, target, host = role
+    deploy_with({"site": {"tls": {}}}, tmp_path, instance=instance, check=True)
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # self-signed
     ctx.set_alpn_protocols(["h2", "http/1.1"])

@@ -1,40 +1,25 @@
 """Ubuntu 24.04 targets: deployed and streaming where the Ubuntu archive is reachable.
 
 Where it is not, `sandbox up` must say so with exit status 3, and only then is this
-skipped (Debian 12, the walking skeleton, never skips).
+skipped (Debian 12, the walking skeleton, never skips). The nginx role's tests run on
+this host too (tests/e2e/test_nginx_role.py).
 """
 
 from __future__ import annotations
 
-import json
 import re
-
-import pytest
 
 from ssedeploy.sse import read_stream
 from ssedeploy.testinfra_backend import get_host
 
-from .helpers import pyinfra_deploy, ssedeploy
+from .helpers import pyinfra_deploy
 
 NAME = "e2e-noble"
 
 
-@pytest.fixture(scope="module")
-def noble():
-    try:
-        up = ssedeploy("sandbox", "up", "--name", NAME, "--distro", "ubuntu24", check=False)
-        if up.returncode == 3:
-            assert "not reachable" in up.stderr or "could not download" in up.stderr, up.stderr
-            pytest.skip(f"Ubuntu archive unreachable here: {up.stderr.strip()[:300]}")
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield json.loads(ssedeploy("sandbox", "status", "--name", NAME, "--json").stdout)[0]
-    finally:
-        ssedeploy("sandbox", "down", "--name", NAME, check=False)
-
-
 def test_ubuntu24_deploys_streams_and_converges(noble):
     assert noble["distro"] == "ubuntu24"
-    first = pyinfra_deploy(instance=NAME)
+    first = noble["first_deploy"]
     assert re.search(r"^\s+\[\S+\] Success", first.stderr, re.M)
     stream = read_stream(noble["address"], 80, "/api/stream", duration=4.5,
                          headers={"Accept-Encoding": "gzip, deflate, br"})
