@@ -1,53 +1,78 @@
-// Zero-dependency SSE example app (Node 18+): what `make demo` deploys behind nginx.
+// Zero-dependency Server-Sent Events example app (CommonJS, Node 18+): what `make demo` deploys behind nginx.
 'use strict';
 const http = require('http');
 
+// HOSTNAME/PORT as in Next.js standalone servers. Loopback by default: only nginx should reach the app.
+// (Docker exports HOSTNAME=<container id>; the systemd unit sets it explicitly.)
 const HOST = process.env.HOSTNAME || '127.0.0.1';
 const PORT = Number(process.env.PORT || 3000);
 const INTERVAL_MS = Number(process.env.INTERVAL_MS || 1000);
 const HEARTBEAT_MS = Number(process.env.HEARTBEAT_MS || 15000);
 
-const PAGE = `<!doctype html><meta charset="utf-8"><title>SSE demo</title>
-<h1>SSE through nginx</h1><p>events: <b id="count">0</b></p><pre id="last">waiting…</pre>
+const STREAM_HEADERS = {
+  'Content-Type': 'text/event-stream; charset=utf-8',
+  'Cache-Control': 'no-cache, no-transform', // no-transform: proxies must not compress or rewrite it
+  'X-Accel-Buffering': 'no', // nginx: pass this response through unbuffered
+  Connection: 'keep-alive',
+};
+
+const PAGE = `<!doctype html>
+<html lang="en"><meta charset="utf-8"><title>SSE demo</title>
+<h1>Server-Sent Events</h1>
+<p>state: <b id="state">connecting</b> · events: <b id="count">0</b></p>
+<pre id="last">waiting…</pre>
 <script>
-const es = new EventSource('/api/stream'); let count = 0;
-es.onmessage = (e) => { count += 1; document.getElementById('count').textContent = count;
+const $ = (id) => document.getElementById(id);
+const es = new EventSource('/api/stream');
+let count = 0;
+es.onopen = () => { $('state').textContent = 'open'; };
+es.onerror = () => { $('state').textContent = 'reconnecting'; };
+es.onmessage = (e) => {
   const d = JSON.parse(e.data);
-  document.getElementById('last').textContent = 'id ' + e.lastEventId + ', lag ' + (Date.now() - d.ts) + ' ms'; };
+  $('count').textContent = ++count;
+  $('last').textContent = 'id ' + e.lastEventId + '  ' + e.data + '  lag ' + (Date.now() - d.ts) + ' ms';
+};
 </script>
+</html>
 `;
 
-const streams = new Set();
+const streams = new Set(); // open streams, ended on shutdown
+
+function lastEventId(req) {
+  const value = req.headers['last-event-id'];
+  const n = /^\d+$/.test(value || '') ? Number(value) : NaN;
+  return Number.isSafeInteger(n) ? n : 0; // anything else: start over
+}
 
 function stream(req, res) {
-  const last = /^\d+$/.test(req.headers['last-event-id'] || '') ? Number(req.headers['last-event-id']) : 0;
-  let n = last;
-  req.socket.setNoDelay(true);
-  req.socket.setTimeout(0);
-  res.writeHead(200, {
-    'Content-Type': 'text/event-stream; charset=utf-8',
-    'Cache-Control': 'no-cache, no-transform',
-    'X-Accel-Buffering': 'no',
-    Connection: 'keep-alive',
-  });
-  // Browsers fire `open` only once bytes arrive: send something at once.
+  if (req.method === 'HEAD') {
+    res.writeHead(200, STREAM_HEADERS);
+    return res.end();
+  }
+  let n = lastEventId(req);
+  req.socket.setNoDelay(true); // small writes go out at once instead of waiting for an ACK (Nagle)
+  req.socket.setTimeout(0); // a stream is idle between events by design
+  res.writeHead(200, STREAM_HEADERS);
+  res.flushHeaders();
+  // Browsers fire EventSource `open` only once body bytes arrive, so send something at once.
   res.write('retry: 5000\n: connected\n\n');
-  // Resume continues at the normal cadence: no burst of replayed events.
+  // A resumed client continues from Last-Event-ID + 1 at the normal cadence: no burst of replayed events.
   const tick = setInterval(() => {
     n += 1;
     res.write(`id: ${n}\ndata: ${JSON.stringify({ n, ts: Date.now() })}\n\n`);
   }, INTERVAL_MS);
-  // Keeps idle streams open past proxy timeouts (nginx, load balancers).
+  // A comment now and then keeps quiet streams alive through proxy read timeouts (nginx, load balancers).
   const ping = setInterval(() => res.write(': ping\n\n'), HEARTBEAT_MS);
-  const entry = { res, stop: () => { clearInterval(tick); clearInterval(ping); } };
+  const entry = { res, stop: () => { clearInterval(tick); clearInterval(ping); streams.delete(entry); } };
   streams.add(entry);
-  req.on('close', () => { entry.stop(); streams.delete(entry); });
+  req.on('close', entry.stop);
+  res.on('close', entry.stop); // also fires if the request side was already closed
 }
 
 const server = http.createServer((req, res) => {
   if (req.method !== 'GET' && req.method !== 'HEAD') {
-    res.writeHead(405, { Allow: 'GET, HEAD' });
-    return res.end();
+    res.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain' });
+    return res.end('method not allowed\n');
   }
   const path = req.url.split('?')[0];
   if (path === '/api/stream') return stream(req, res);
@@ -62,16 +87,27 @@ const server = http.createServer((req, res) => {
   res.writeHead(404, { 'Content-Type': 'text/plain' });
   res.end('not found\n');
 });
-// Longer than nginx's upstream keepalive (60 s), so nginx never reuses a socket Node just closed.
+// Longer than nginx's upstream keepalive_timeout (60 s): the upstream side (nginx) must be the one to close
+// an idle keep-alive connection, or nginx may reuse a socket Node is just closing and the request fails (502).
 server.keepAliveTimeout = 65000;
-server.headersTimeout = 66000;
+server.headersTimeout = 66000; // must exceed keepAliveTimeout
 
 function shutdown() {
-  server.close(() => process.exit(0));
-  for (const { res, stop } of streams) { stop(); res.end(); }
-  setTimeout(() => process.exit(0), 5000).unref();
+  server.close(() => process.exit(0)); // stop accepting; exits once every connection is gone
+  for (const { res, stop } of [...streams]) {
+    stop();
+    const socket = res.socket;
+    res.end(); // the final chunk: a clean end of stream for the client
+    if (socket) socket.end(); // and close the connection, even if keep-alive
+  }
+  // Node 18 server.close() leaves idle keep-alive connections open (Node 19+ closes them).
+  if (server.closeIdleConnections) server.closeIdleConnections();
+  setTimeout(() => process.exit(0), 5000).unref(); // safety net
 }
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
 
-server.listen(PORT, HOST, () => console.log(`sse-app listening on http://${HOST}:${PORT}`));
+server.listen(PORT, HOST, () => {
+  const { address, port } = server.address();
+  console.log(`sse-app listening on ${address.includes(':') ? `[${address}]` : address}:${port}`);
+});

@@ -125,6 +125,17 @@ def test_a_settings_change_reloads_once_with_new_workers_and_revision(role, tmp_
     assert served_revision(host) == new_rev
 
 
+def test_a_changed_file_limit_restarts_nginx_instead_of_reloading(role, tmp_path):
+    instance, target, host = role
+    old_master = master(host)
+    result = deploy_with({"nginx": {"expected_streams": 300}}, tmp_path, instance=instance, check=True)
+    ops = operation_results(result.stdout + result.stderr)
+    assert ops[RESTART] == ["Success"] and ops[RELOAD] == ["No changes"]
+    assert master(host) != old_master
+    assert host.check_output("systemctl show -p LimitNOFILE --value nginx") == "2048"
+    assert read_stream(target["address"], 80, "/api/stream", duration=1.5).status == 200
+
+
 def test_backups_are_bounded_and_outside_any_include(role):
     instance, target, host = role
     backups = host.check_output("ls -1 /var/lib/ssedeploy/nginx/backups").split()

@@ -61,6 +61,7 @@ def test_events_stream_through_nginx_like_a_browser(target):
     assert stream.status == 200
     assert stream.headers["content-type"].startswith("text/event-stream")
     assert "content-encoding" not in stream.headers, "nginx compressed the stream"
+    assert stream.headers.get("transfer-encoding") == "chunked"
     assert stream.first_block_ms is not None and stream.first_block_ms < 1000
     first = stream.blocks[0]
     assert first.retry is not None and "connected" in first.comments
