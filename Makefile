@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Machine packages the sandbox and the tests use (Node only where the machine has none).
 APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl
 
-.PHONY: deps demo demo-down test unit clean
+.PHONY: deps demo demo-nextjs nextjs demo-down test unit clean
 
 deps: $(BIN)/.installed
 
@@ -36,10 +36,20 @@ demo: deps
 	echo "Shell on the host: $(BIN)/ssedeploy sandbox ssh --name demo"; \
 	echo "Tear it down:      make demo-down"
 
+# The real Next.js 15 example: built on this machine with its Node and npm, then deployed.
+nextjs: deps
+	cd examples/nextjs-sse && NEXT_TELEMETRY_DISABLED=1 npm ci --no-audit --no-fund --loglevel=error \
+	  && NEXT_TELEMETRY_DISABLED=1 npx next build
+
+demo-nextjs: nextjs
+	$(BIN)/ssedeploy sandbox up --name demo
+	SSEDEPLOY_SANDBOX=demo $(BIN)/pyinfra -y inventories/sandbox_nextjs.py deploy.py
+	@echo "The Next.js example streams at http://$$($(BIN)/ssedeploy sandbox status --name demo --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])')/api/stream"
+
 demo-down: deps
 	$(BIN)/ssedeploy sandbox down --name demo
 
-test: deps
+test: deps nextjs
 	$(BIN)/pytest
 
 unit: deps

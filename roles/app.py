@@ -1,40 +1,92 @@
-"""The Node SSE app as a systemd service bound to 127.0.0.1 (Node from the distro's `nodejs`)."""
+"""The Node app (zero-dependency example or a real Next.js build) as a hardened systemd service.
 
+Releases are uploaded as one archive to /srv/<app>/releases/<content hash> and made
+live by switching the `current` link; the deploy then checks the app (health path and
+a first SSE block on loopback) and switches back to the previous release if the check
+fails. Environment lives in /etc/<app>/env (root:<app>, 0640), secrets included,
+never printed and never in the unit.
+"""
+
+from __future__ import annotations
+
+import os
 from io import StringIO
-from pathlib import Path
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from ssedeploy import release
+from ssedeploy.operations import app_activate, app_release, host_limits, private_file
 from ssedeploy.render import render
+from ssedeploy.settings import SettingsError
 
-EXAMPLE_APP = Path(__file__).resolve().parents[1] / "examples" / "sse-app" / "server.js"
 APT_LOCK_WAIT = "-o DPkg::Lock::Timeout=300"
 
 
 def app_dir(settings) -> str:
-    return f"/opt/{settings.app.name}"
+    return f"/srv/{settings.app.name}"
 
 
-def unit(settings) -> str:
-    return render("systemd/app.service.j2", settings=settings, app_dir=app_dir(settings))
+def env_path(settings) -> str:
+    return f"/etc/{settings.app.name}/env"
+
+
+def exec_start(app) -> str:
+    if app.start == "standalone":
+        return "/usr/bin/node server.js"
+    if app.start == "next-start":
+        return ("/usr/bin/node node_modules/next/dist/bin/next start -H 127.0.0.1 "
+                f"-p {app.port} --keepAliveTimeout 65000")
+    return app.command
+
+
+def unit(settings, nofile: int) -> str:
+    return render("systemd/app.service.j2", app=settings.app, app_dir=app_dir(settings),
+                  exec_start=exec_start(settings.app), env_file=env_path(settings), nofile=nofile)
+
+
+def environment(settings, host_name: str = "?") -> dict[str, str]:
+    """Plain env from settings, secrets from the controller's environment or the secrets file."""
+    app = settings.app
+    values = dict(app.env)
+    from_file = release.read_dotenv(app.secrets_file) if app.secrets_file and os.path.exists(app.secrets_file) else {}
+    for name in app.secret_env:
+        if name in os.environ:
+            values[name] = os.environ[name]
+        elif name in from_file:
+            values[name] = from_file[name]
+        else:
+            where = f"the environment or {app.secrets_file}" if app.secrets_file else "the environment"
+            raise SettingsError(f"host {host_name}: app.secret_env: {name} has no value in {where}")
+    return values
 
 
 @deploy("app")
 def app(settings):
-    name = settings.app.name
+    a = settings.app
+    user = a.system_user
     apt.update(name="apt lists are fresh", cache_time=3600)
-    apt.packages(name="Install Node.js", packages=["nodejs"], extra_install_args=APT_LOCK_WAIT)
-    server.user(name=f"System user {name}", user=name, system=True, shell="/usr/sbin/nologin",
+    apt.packages(name="Install Node.js (distro)", packages=["nodejs"], extra_install_args=APT_LOCK_WAIT)
+    server.group(name=f"Group {user}", group=user, system=True)
+    server.user(name=f"System user {user}", user=user, group=user, system=True, shell="/usr/sbin/nologin",
                 home="/nonexistent", create_home=False)
+    # Root-owned code: the app can run its release but not rewrite it.
     files.directory(name="App directory", path=app_dir(settings), user="root", group="root", mode="755")
-    # Root-owned code: the app user can run it but not rewrite it.
-    code = files.put(name="App code", src=str(EXAMPLE_APP), dest=f"{app_dir(settings)}/server.js",
-                     user="root", group="root", mode="644")
-    unit_file = files.put(name="App systemd unit", src=StringIO(unit(settings)),
-                          dest=f"/etc/systemd/system/{name}.service", mode="644")
+    files.directory(name="App config directory", path=f"/etc/{a.name}", user="root", group=user, mode="750")
+    env = private_file(name="App environment (values not shown)", content=release.env_file(environment(settings, host.name)),
+                       dest=env_path(settings), user="root", group=user, mode="640")
+    unit_file = files.put(name="App systemd unit", src=StringIO(unit(settings, host_limits(settings).worker_rlimit_nofile)),
+                          dest=f"/etc/systemd/system/{a.name}.service", mode="644")
     systemd.daemon_reload(name="systemd daemon-reload", _if=unit_file.did_change)
-    systemd.service(name=f"{name} is running and enabled", service=name, running=True, enabled=True)
-    systemd.service(name=f"Restart {name} on change", service=name, restarted=True,
-                    _if=any_changed(code, unit_file))
+
+    archive, release_hash = release.build(a.source)
+    app_release(name=f"Release {release_hash} on the host", archive=archive, release=release_hash,
+                           app_dir=app_dir(settings), cache_dir=f"/var/cache/{a.name}")
+    live = app_activate(name=f"Release {release_hash} live and checked", settings=settings, release=release_hash,
+                        app_dir=app_dir(settings))
+    app_activate(name="Restart and check (unit or environment changed)", settings=settings,
+                 release=release_hash, app_dir=app_dir(settings), force=True,
+                 _if=[any_changed(unit_file, env), lambda: not live.did_change()])
+    systemd.service(name=f"{a.name} is enabled and running", service=a.name, running=True, enabled=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 from . import sandbox
@@ -58,6 +59,18 @@ def _check(args) -> int:
     return check(args.inventory, args.limit.split(",") if args.limit else None)
 
 
+def _rollback(args) -> int:
+    """Run the rollback deploy with pyinfra, from the checkout so roles/ and templates/ are found."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", os.path.abspath(args.inventory),
+           str(repo / "ssedeploy" / "rollback_deploy.py")]
+    if args.limit:
+        cmd[1:1] = ["--limit", args.limit]
+    return subprocess.run(cmd, cwd=repo).returncode
+
+
 def _err(*parts) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
@@ -69,6 +82,10 @@ def parser() -> argparse.ArgumentParser:
     ck.add_argument("inventory")
     ck.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")
     ck.set_defaults(func=_check)
+    rb = sub.add_parser("rollback", help="make each host's previous app release live again (and check it)")
+    rb.add_argument("inventory")
+    rb.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")
+    rb.set_defaults(func=_rollback)
     sb = sub.add_parser("sandbox", help="disposable local hosts (systemd-nspawn)")
     sbsub = sb.add_subparsers(dest="action", required=True)
     name_help = "instance name (default: $SSEDEPLOY_SANDBOX or 'demo')"

@@ -41,7 +41,8 @@ class CpuCount(FactBase):
 
 
 class PathStates(FactBase):
-    """For each path: ``("F", sha256)`` for a file, ``("L", target)`` for a symlink, None if absent."""
+    """For each path: ``("F", sha256)`` for a file, ``("L", target)`` for a symlink, ``("D", "")`` for a
+    directory, None if absent."""
 
     def command(self, paths: list[str]) -> str:
         quoted = " ".join(shlex.quote(p) for p in paths)
@@ -49,6 +50,7 @@ class PathStates(FactBase):
             f"for p in {quoted}; do "
             'if [ -L "$p" ]; then printf "L %s %s\\n" "$p" "$(readlink "$p")"; '
             'elif [ -f "$p" ]; then printf "F %s %s\\n" "$p" "$(sha256sum < "$p" | cut -d" " -f1)"; '
+            'elif [ -d "$p" ]; then printf "D %s \\n" "$p"; '
             'else printf -- "- %s\\n" "$p"; fi; done'
         )
 
@@ -62,3 +64,14 @@ class PathStates(FactBase):
                 path, _, value = rest.partition(" ")
                 states[path] = (kind, value)
         return states
+
+
+class FileMeta(FactBase):
+    """``(user, group, octal mode)`` of a file, or None."""
+
+    def command(self, path: str) -> str:
+        return f"stat -c '%U %G %a' {shlex.quote(path)} 2>/dev/null || true"
+
+    def process(self, output):
+        parts = "".join(output).split()
+        return tuple(parts) if len(parts) == 3 else None

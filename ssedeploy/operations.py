@@ -11,7 +11,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
 from . import nginx
-from .facts import CpuCount, NginxVersion, NofileHardLimit, PathStates
+from .facts import CpuCount, FileMeta, NginxVersion, NofileHardLimit, PathStates
 from .settings import Settings
 
 SWAP_SCRIPT = Path(__file__).with_name("scripts") / "nginx-swap.sh"
@@ -65,4 +65,76 @@ def nginx_config(settings: Settings, state_dir: str = "/var/lib/ssedeploy/nginx"
     yield (
         f"systemd-run --quiet --wait --pipe --collect --unit={unit} "
         f"/bin/sh {state_dir}/nginx-swap.sh {stage} {settings.nginx.backups}"
+    )
+
+
+APP_STATE = "/var/lib/ssedeploy"
+SCRIPTS = Path(__file__).with_name("scripts")
+
+
+@operation()
+def private_file(content: str, dest: str, user: str = "root", group: str = "root", mode: str = "600"):
+    """
+    A file whose content is never shown (no ``--diff``, no output): for secrets.
+
+    + content: the file's text
+    + dest: path on the host
+    + user/group/mode: ownership and mode
+    """
+    want = ("F", hashlib.sha256(content.encode()).hexdigest())
+    current = host.get_fact(PathStates, paths=[dest]).get(dest)
+    if current == want and host.get_fact(FileMeta, path=dest) == (user, group, mode.lstrip("0") or "0"):
+        host.noop(f"{dest} is current")
+        return
+    yield FileUploadCommand(StringIO(content), dest)
+    yield f"chown {user}:{group} {dest} && chmod {mode} {dest}"
+
+
+@operation()
+def app_release(archive: str, release: str, app_dir: str, cache_dir: str):
+    """
+    Upload a release archive once and unpack it to APP_DIR/releases/RELEASE (not yet live).
+
+    + archive: the .tar.gz built on the controller (ssedeploy.release.build)
+    + release: its content hash, the release's directory name
+    + app_dir: the app's directory on the host
+    + cache_dir: the app's writable cache (systemd CacheDirectory); a Next.js release's .next/cache links there
+    """
+    target = f"{app_dir}/releases/{release}"
+    if host.get_fact(PathStates, paths=[target]).get(target) == ("D", ""):
+        host.noop(f"release {release} is on the host")
+        return
+    upload = f"{APP_STATE}/upload-{release}.tar.gz"
+    yield f"mkdir -p {APP_STATE} {app_dir}/releases"
+    yield FileUploadCommand(archive, upload)
+    yield (
+        f"rm -rf {target}.tmp && mkdir -p {target}.tmp && tar -xzf {upload} -C {target}.tmp --no-same-owner "
+        f"&& if [ -d {target}.tmp/.next ]; then rm -rf {target}.tmp/.next/cache "
+        f"&& ln -s {cache_dir} {target}.tmp/.next/cache; fi "
+        f"&& mv -T {target}.tmp {target} && rm -f {upload}"
+    )
+
+
+@operation()
+def app_activate(settings: Settings, release: str | None, app_dir: str, force: bool = False):
+    """
+    Make RELEASE live (or, with ``release=None``, the previous one), restart, check, switch back on failure.
+
+    + settings: the host's ssedeploy settings
+    + release: the release hash to make live; None rolls back to the previous release
+    + app_dir: the app's directory on the host
+    + force: restart and check even when the release is already live
+    """
+    current = host.get_fact(PathStates, paths=[f"{app_dir}/current"]).get(f"{app_dir}/current")
+    if release and current == ("L", f"releases/{release}") and not force:
+        host.noop(f"release {release} is live")
+        return
+    app = settings.app
+    yield FileUploadCommand(str(SCRIPTS / "app-check.js"), f"{APP_STATE}/app-check.js")
+    yield FileUploadCommand(str(SCRIPTS / "app-activate.sh"), f"{APP_STATE}/app-activate.sh")
+    unit = f"ssedeploy-{app.name}-activate-{secrets.token_hex(3)}"
+    yield (
+        f"systemd-run --quiet --wait --pipe --collect --unit={unit} /bin/sh {APP_STATE}/app-activate.sh "
+        f"{app_dir} {app.name}.service {release or '--previous'} {app.keep_releases} {app.port} "
+        f"{app.health_path} {settings.site.sse_paths[0]}"
     )

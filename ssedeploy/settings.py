@@ -24,6 +24,7 @@ _PATH_RE = re.compile(r"^/[A-Za-z0-9._~/%:@!*+,=-]*$")
 _SERVER_NAME_RE = re.compile(r"^(_|\*?\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\*|localhost)$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _path(value: str) -> str:
@@ -85,6 +86,12 @@ UrlPath = Annotated[str, AfterValidator(_path)]
 RawDirectives = Annotated[str, AfterValidator(_raw_directives)]
 
 
+class _CrossFieldError(ValueError):
+    def __init__(self, loc: tuple[str, ...], value, msg: str):
+        super().__init__(msg)
+        self.loc, self.value, self.msg = loc, value, msg
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -126,10 +133,67 @@ class Nginx(_Model):
     extra_http_directives: list[RawDirectives] = []
 
 
+def _env_name(value: str) -> str:
+    if not _ENV_RE.fullmatch(value):
+        raise ValueError("must be an environment variable name: A-Z, 0-9 and _, not starting with a digit")
+    return value
+
+
+def _env_value(value: str) -> str:
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ValueError("must be one line (no newline or NUL)")
+    return value
+
+
+def _app_source(value: str) -> str:
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ValueError("must be a directory on the controller: a built app (Next.js: after `next build`)")
+    return str(path.resolve())
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+REPO = Path(__file__).resolve().parents[1]
+RESERVED_ENV = {"NODE_ENV", "PORT", "HOSTNAME", "KEEP_ALIVE_TIMEOUT", "HEARTBEAT_MS"}
+
+
 class App(_Model):
     name: Annotated[str, AfterValidator(_unit_name)] = "sseapp"
+    # The system user the app runs as (created if missing); default: the app's name.
+    user: Annotated[str, AfterValidator(_unit_name)] | None = None
     port: Port = 3000
     heartbeat_seconds: int = Field(default=15, ge=1, le=300)
+    # `standalone`: `node server.js` (Next.js output: 'standalone', or any app with a server.js);
+    # `next-start`: `next start` from the release's node_modules; `command`: `command` below.
+    start: Literal["standalone", "next-start", "command"] = "standalone"
+    command: Annotated[str, AfterValidator(_env_value)] | None = None
+    env: dict[EnvName, Annotated[str, AfterValidator(_env_value)]] = {}
+    # Names only: values come from the controller's environment or `secrets_file`, never the inventory.
+    secret_env: list[EnvName] = []
+    secrets_file: str | None = None
+    node: Literal["distro"] = "distro"
+    source: Annotated[str, AfterValidator(_app_source)] = str(REPO / "examples" / "sse-app")
+    keep_releases: int = Field(default=5, ge=2, le=50)
+    health_path: UrlPath = "/healthz"
+    stop_timeout: int = Field(default=15, ge=1, le=300)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "App":
+        if (self.start == "command") != bool(self.command):
+            raise _CrossFieldError(("app", "command"), self.command, "is required with start: command, and only then")
+        for field in ("env", "secret_env"):
+            clash = set(getattr(self, field)) & RESERVED_ENV
+            if clash:
+                raise _CrossFieldError(("app", field), sorted(clash),
+                                       "ssedeploy sets these itself (from app.port, app.heartbeat_seconds)")
+        if set(self.env) & set(self.secret_env):
+            raise _CrossFieldError(("app", "secret_env"), sorted(set(self.env) & set(self.secret_env)),
+                                   "a variable is either in env or in secret_env, not both")
+        return self
+
+    @property
+    def system_user(self) -> str:
+        return self.user or self.name
 
 
 class Settings(_Model):
@@ -156,12 +220,6 @@ class Settings(_Model):
     def proxy_read_timeout(self) -> int:
         """nginx closes a stream silent for this long: at least 4 heartbeats (playbook row 5)."""
         return self.nginx.proxy_read_timeout or 4 * self.app.heartbeat_seconds
-
-
-class _CrossFieldError(ValueError):
-    def __init__(self, loc: tuple[str, ...], value, msg: str):
-        super().__init__(msg)
-        self.loc, self.value, self.msg = loc, value, msg
 
 
 class SettingsError(PyinfraError, ValueError):

@@ -14,8 +14,9 @@ BIN = Path(sys.executable).parent
 INSTANCE = os.environ.get("SSEDEPLOY_TEST_SANDBOX", "e2e")
 
 
-def run(*args: str, check: bool = True, timeout: float = 900, instance: str = INSTANCE) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SSEDEPLOY_SANDBOX=instance)
+def run(*args: str, check: bool = True, timeout: float = 900, instance: str = INSTANCE,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SSEDEPLOY_SANDBOX=instance, **(env or {}))
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -30,14 +31,14 @@ def pyinfra_deploy(**kw) -> subprocess.CompletedProcess:
     return run(str(BIN / "pyinfra"), "-y", "inventories/sandbox.py", "deploy.py", **kw)
 
 
-def deploy_with(data: dict, tmp_dir: Path, instance: str = INSTANCE, check: bool = False):
+def deploy_with(data: dict, tmp_dir: Path, instance: str = INSTANCE, check: bool = False, env: dict | None = None):
     """Deploy with extra inventory data for every host of the instance (a settings change)."""
     inventory = tmp_dir / f"inventory_{abs(hash(repr(data)))}.py"
     inventory.write_text(
         "from ssedeploy.inventory import sandbox_hosts\n"
         f"hosts = [(name, dict(data, **{data!r})) for name, data in sandbox_hosts({instance!r})]\n"
     )
-    return run(str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", check=check, instance=instance)
+    return run(str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", check=check, instance=instance, env=env)
 
 
 def operation_results(log: str) -> dict[str, list[str]]:

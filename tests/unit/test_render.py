@@ -142,12 +142,27 @@ def test_limits_are_derived_from_expected_streams(streams, cpus, hard, want):
     assert nginx.drop_in(lim).splitlines()[-1] == f"LimitNOFILE={lim.worker_rlimit_nofile}"
 
 
-def test_app_unit_binds_loopback_and_stops_fast():
-    text = unit(parse({"app": {"name": "web", "port": 4000}}))
+def test_app_unit_binds_loopback_stops_fast_and_keeps_secrets_out():
+    text = unit(parse({"app": {"name": "web", "port": 4000, "env": {"A": "1"}, "secret_env": ["TOKEN"]}}), 4096)
     lines = text.splitlines()
     assert "Environment=HOSTNAME=127.0.0.1" in lines
     assert "Environment=PORT=4000" in lines
-    assert "User=web" in lines
+    assert "Environment=KEEP_ALIVE_TIMEOUT=65000" in lines  # > nginx's upstream keepalive_timeout 60 s
+    assert "User=web" in lines and "WorkingDirectory=/srv/web/current" in lines
+    assert "ExecStart=/usr/bin/node server.js" in lines
     assert "TimeoutStopSec=15" in lines and "KillMode=mixed" in lines
-    assert "Restart=always" in lines
+    assert "Restart=always" in lines and "LimitNOFILE=4096" in lines
+    assert "EnvironmentFile=/etc/web/env" in lines and "TOKEN" not in text and "A=1" not in text
+    assert "SystemCallFilter=@system-service" in lines and "CapabilityBoundingSet=" in lines
     assert not any("MemoryDenyWriteExecute" in line for line in lines)  # V8 needs W+X pages
+
+
+@pytest.mark.parametrize("start,command,want", [
+    ("standalone", None, "/usr/bin/node server.js"),
+    ("next-start", None, "/usr/bin/node node_modules/next/dist/bin/next start -H 127.0.0.1 -p 3000 "
+                         "--keepAliveTimeout 65000"),
+    ("command", "/usr/bin/node dist/main.js", "/usr/bin/node dist/main.js"),
+])
+def test_app_start_modes(start, command, want):
+    app = {"start": start, **({"command": command} if command else {})}
+    assert f"ExecStart={want}" in unit(parse({"app": app}), 1024).splitlines()

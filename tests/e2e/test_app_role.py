@@ -1,0 +1,175 @@
+"""The app role with the real Next.js 15 build (`make test` builds it first) on its own sandbox host."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from ssedeploy.sse import read_stream
+from ssedeploy.testinfra_backend import get_host
+
+from .helpers import BIN, REPO, deploy_with, operation_results, run, ssedeploy
+
+NAME = "e2e-next"
+NEXT = str(REPO / "examples" / "nextjs-sse")
+SECRET = "s3cr3t-value-never-printed"
+BROWSER = {"Accept-Encoding": "gzip, deflate, br"}
+RESTART_OP = "app | Restart and check (unit or environment changed)"
+
+
+def settings(**app) -> dict:
+    return {"app": {"source": NEXT, "env": {"GREETING": "hello"}, "secret_env": ["API_TOKEN"], **app}}
+
+
+@pytest.fixture(scope="module")
+def nxt(tmp_path_factory):
+    assert (REPO / "examples/nextjs-sse/.next/standalone/server.js").exists(), "run `make nextjs` first"
+    tmp = tmp_path_factory.mktemp("next")
+    try:
+        ssedeploy("sandbox", "up", "--name", NAME)
+        info = json.loads(ssedeploy("sandbox", "status", "--name", NAME, "--json").stdout)[0]
+        first = deploy_with(settings(), tmp, instance=NAME, check=True, env={"API_TOKEN": SECRET})
+        host = get_host(info["address"], user=info["ssh_user"], key=info["ssh_key"], known_hosts=info["known_hosts"])
+        yield {"info": info, "host": host, "tmp": tmp, "first": first}
+    finally:
+        ssedeploy("sandbox", "down", "--name", NAME, check=False)
+
+
+def deploy(nxt, check=True, **app):
+    return deploy_with(settings(**app), nxt["tmp"], instance=NAME, check=check, env={"API_TOKEN": SECRET})
+
+
+def main_pid(host) -> str:
+    return host.check_output("systemctl show -p MainPID --value sseapp")
+
+
+def test_next_build_streams_through_nginx_like_a_browser(nxt):
+    stream = read_stream(nxt["info"]["address"], 80, "/api/stream", duration=6.5, headers=BROWSER)
+    assert stream.status == 200 and "content-encoding" not in stream.headers
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.first_block_ms < 1000 and stream.blocks[0].retry == "5000"
+    assert len(stream.events) >= 5 and all(750 <= g <= 1250 for g in stream.gaps_ms), stream.gaps_ms
+    assert "next-server" in nxt["host"].check_output("ps -o comm= -p %s", main_pid(nxt["host"]))
+
+
+def test_app_headers_at_the_upstream_port(nxt):
+    out = nxt["host"].check_output("curl -s -m 2 -D - -o /dev/null http://127.0.0.1:3000/api/stream || true")
+    assert re.search(r"(?im)^x-accel-buffering: no", out)
+    assert re.search(r"(?im)^cache-control: no-cache, no-transform", out)
+    assert not re.search(r"(?im)^content-length:", out)
+
+
+def test_app_listens_on_loopback_only(nxt):
+    sockets = [s for s in nxt["host"].socket.get_listening_sockets() if s.endswith(":3000")]
+    assert sockets == ["tcp://127.0.0.1:3000"]
+
+
+def test_env_file_is_private_and_secrets_stay_out_of_sight(nxt):
+    host = nxt["host"]
+    env = host.file("/etc/sseapp/env")
+    assert (env.user, env.group, env.mode) == ("root", "sseapp", 0o640)
+    assert f'API_TOKEN="{SECRET}"' in env.content_string and 'GREETING="hello"' in env.content_string
+    unit = host.file("/etc/systemd/system/sseapp.service").content_string
+    assert SECRET not in unit and "EnvironmentFile=/etc/sseapp/env" in unit
+    assert SECRET not in nxt["first"].stdout + nxt["first"].stderr
+    proc = host.check_output("cat /proc/%s/environ | tr '\\0' '\\n'", main_pid(host))
+    assert f"API_TOKEN={SECRET}" in proc
+
+
+def test_missing_secret_fails_before_any_operation(nxt):
+    result = deploy_with(settings(secret_env=["API_TOKEN", "NOT_SET_ANYWHERE"]), nxt["tmp"], instance=NAME,
+                         env={"API_TOKEN": SECRET})
+    log = result.stdout + result.stderr
+    assert result.returncode == 1 and "app.secret_env: NOT_SET_ANYWHERE has no value" in log
+    assert "Starting operation" not in log
+
+
+def test_unit_verifies_clean_and_is_hardened(nxt):
+    host = nxt["host"]
+    verify = host.run("systemd-analyze verify /etc/systemd/system/sseapp.service")
+    assert verify.rc == 0 and verify.stdout + verify.stderr == ""
+    security = host.check_output("systemd-analyze security sseapp --no-pager")
+    exposure = float(re.search(r"Overall exposure level for sseapp.service: ([\d.]+)", security).group(1))
+    assert exposure <= 2.0, security
+    nofile = host.check_output("systemctl show -p LimitNOFILE --value sseapp")
+    assert nofile == host.check_output("systemctl show -p LimitNOFILE --value nginx")
+
+
+def test_changing_an_env_var_restarts_once_and_a_rerun_changes_nothing(nxt):
+    host = nxt["host"]
+    before = main_pid(host)
+    changed = deploy(nxt, env={"GREETING": "hi again"})
+    assert operation_results(changed.stdout + changed.stderr)[RESTART_OP] == ["Success"]
+    after = main_pid(host)
+    assert after != before
+    again = deploy(nxt, env={"GREETING": "hi again"})
+    log = again.stdout + again.stderr
+    assert not re.search(r"^\s+\[\S+\] Success", log, re.M), log
+    assert main_pid(host) == after
+    deploy(nxt)  # back to the module's settings
+
+
+def resuming_client(address: str, seconds: float, out: dict) -> None:
+    """An EventSource-like client: reconnects with Last-Event-ID whenever the stream ends."""
+    last, deadline = None, time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        r = read_stream(address, 80, "/api/stream", duration=left, headers=BROWSER, last_event_id=last)
+        out["statuses"].append(r.status)
+        out["ids"] += [int(i) for i in r.ids]
+        out["retries"] += [b.retry for b in r.blocks if b.retry and not b.is_event]
+        last = r.ids[-1] if r.ids else last
+        time.sleep(0.2)
+
+
+def test_restart_while_streaming_is_fast_never_5xx_and_loses_no_event(nxt):
+    out = {"statuses": [], "ids": [], "retries": []}
+    client = threading.Thread(target=resuming_client, args=(nxt["info"]["address"], 10, out))
+    client.start()
+    time.sleep(2.5)
+    started = time.monotonic()
+    nxt["host"].check_output("systemctl restart sseapp")
+    took = time.monotonic() - started
+    client.join()
+    assert took < 5, f"systemctl restart took {took:.1f} s with a client streaming (stop timeout 15 s)"
+    assert out["statuses"] and set(out["statuses"]) == {200}, out["statuses"]
+    assert len(out["statuses"]) >= 2, "the stream was never cut by the restart"
+    ids = out["ids"]
+    assert ids == list(range(ids[0], ids[0] + len(ids))), f"gap or repeat in event ids: {ids}"
+
+
+def test_a_release_that_fails_its_check_is_rolled_back(nxt, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "server.js").write_text("process.exit(1)\n")
+    host = nxt["host"]
+    live = host.check_output("readlink /srv/sseapp/current")
+    result = deploy_with({"app": {"source": str(broken)}}, nxt["tmp"], instance=NAME, env={"API_TOKEN": SECRET})
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"[{nxt['info']['name']}]" in log and "failed its check: switched back to " + live in log
+    assert host.check_output("readlink /srv/sseapp/current") == live
+    stream = read_stream(nxt["info"]["address"], 80, "/api/stream", duration=2.5)
+    assert stream.status == 200 and stream.events
+
+
+def test_rollback_command_switches_and_restarts(nxt):
+    host = nxt["host"]
+    simple = deploy(nxt, source=str(REPO / "examples" / "sse-app"))
+    assert simple.returncode == 0
+    assert "node" == host.check_output("ps -o comm= -p %s", main_pid(host))
+    live, previous = host.check_output("readlink /srv/sseapp/current"), host.check_output("readlink /srv/sseapp/previous")
+    inventory = nxt["tmp"] / "rollback_inv.py"
+    inventory.write_text(
+        "from ssedeploy.inventory import sandbox_hosts\n"
+        f"hosts = [(n, dict(d, app={{'source': {NEXT!r}}})) for n, d in sandbox_hosts({NAME!r})]\n"
+    )
+    result = run(str(BIN / "ssedeploy"), "rollback", str(inventory), instance=NAME)
+    assert result.returncode == 0
+    assert host.check_output("readlink /srv/sseapp/current") == previous
+    assert host.check_output("readlink /srv/sseapp/previous") == live
+    assert "next-server" in host.check_output("ps -o comm= -p %s", main_pid(host))
+    assert read_stream(nxt["info"]["address"], 80, "/api/stream", duration=2.5).events
