@@ -71,6 +71,27 @@ def _rollback(args) -> int:
     return subprocess.run(cmd, cwd=repo).returncode
 
 
+def _probe(args) -> int:
+    from .probe import EXIT, format_text, probe
+
+    headers = {}
+    for h in args.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise SystemExit(f"ssedeploy probe: --header {h!r} is not 'Name: value'")
+        headers[name.strip()] = value.strip()
+    resolve = {}
+    for r in args.resolve:
+        name, sep, addr = r.rpartition(":")
+        if not sep or not name:
+            raise SystemExit(f"ssedeploy probe: --resolve {r!r} is not NAME:ADDR")
+        resolve[name] = addr
+    report = probe(args.url, duration=args.duration, expect_interval=args.expect_interval, resume=args.resume,
+                   headers=headers, resolve=resolve, insecure=args.insecure, http2=args.http2)
+    print(report.to_json() if args.json else format_text(report))
+    return EXIT[report.verdict]
+
+
 def _err(*parts) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
@@ -78,6 +99,17 @@ def _err(*parts) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssedeploy", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("probe", help="does this SSE URL really stream? (exit 0 streaming, 1 buffered, 2 not-sse, 3 error)")
+    pr.add_argument("url")
+    pr.add_argument("--duration", type=float, default=10.0, help="seconds to read at most (default 10)")
+    pr.add_argument("--expect-interval", type=float, help="seconds between events, if the stream has a cadence")
+    pr.add_argument("--resume", action="store_true", help="reconnect with Last-Event-ID and check the ids continue")
+    pr.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
+    pr.add_argument("--resolve", action="append", default=[], help="NAME:ADDR, like curl's (repeatable)")
+    pr.add_argument("--insecure", action="store_true", help="accept self-signed certificates")
+    pr.add_argument("--http2", action="store_true", help="HTTP/2 over TLS")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=_probe)
     ck = sub.add_parser("check", help="validate settings and lint every host's nginx config, offline")
     ck.add_argument("inventory")
     ck.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")

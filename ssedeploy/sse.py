@@ -61,6 +61,8 @@ class StreamResult:
     closed_by_server: bool = False
     error: str | None = None
     raw_bytes: int = 0  # body bytes as received (before de-chunking)
+    started_at: float = 0.0  # wall clock at connect, to compare arrival with events' send times
+    http_version: str = "1.1"
 
     @property
     def first_block_ms(self) -> float | None:
@@ -156,9 +158,10 @@ class _Chunked:
 def read_stream(host: str, port: int, path: str = "/api/stream", *, duration: float,
                 headers: dict[str, str] | None = None, last_event_id: str | int | None = None,
                 connect_timeout: float = 5.0, tls: bool = False, server_name: str | None = None,
-                insecure: bool = False) -> StreamResult:
-    """GET ``path`` and read until ``duration`` seconds after the connect began, or until the server closes."""
-    result = StreamResult()
+                insecure: bool = False, until=None) -> StreamResult:
+    """GET ``path`` and read until ``duration`` seconds after the connect began, the server closes,
+    or ``until(result)`` says the reader has seen enough."""
+    result = StreamResult(started_at=time.time())
     start = time.monotonic()
     ms = lambda: round((time.monotonic() - start) * 1000, 1)  # noqa: E731
     name = server_name or host
@@ -213,6 +216,8 @@ def read_stream(host: str, port: int, path: str = "/api/stream", *, duration: fl
                     data = chunked.feed(data)
                 if not encoded:
                     result.blocks += blocks.feed(data, ms())
+                if until and until(result):
+                    break
                 if chunked and chunked.done:
                     result.closed_by_server = True
                     break

@@ -10,6 +10,7 @@ from pathlib import Path
 import crossplane
 import pytest
 
+from ssedeploy.probe import probe
 from ssedeploy.sse import read_stream
 
 from .helpers import deploy_with, operation_results, pyinfra_deploy
@@ -166,3 +167,7 @@ def test_tls_with_http2_and_redirects(role, tmp_path):
     stream = read_stream(target["address"], 443, "/api/stream", duration=2.5, tls=True, insecure=True)
     assert stream.status == 200 and len(stream.events) >= 2
     assert stream.first_block_ms < 1000
+    h2 = probe(f"https://{target['address']}/api/stream", duration=4, http2=True, insecure=True, expect_interval=1)
+    assert (h2.verdict, h2.http_version) == ("streaming", "2"), h2.reason
+    followed = probe(f"http://{target['address']}/api/stream", duration=4, insecure=True)
+    assert followed.verdict == "streaming" and followed.url.startswith("https://")

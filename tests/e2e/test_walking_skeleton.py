@@ -119,3 +119,12 @@ def test_bad_settings_stop_the_run_before_any_operation(target, tmp_path):
     assert f"host {target['name']}: site.sse_paths.0 = '/api/stream;evil'" in log
     assert "Starting operation" not in log
     assert read_stream(target["address"], 80, "/api/stream", duration=1.5).status == 200
+
+
+def test_probe_says_streaming_through_nginx_and_resume_continues(target):
+    result = run(str(BIN / "ssedeploy"), "probe", f"http://{target['address']}/api/stream",
+                 "--expect-interval", "1", "--resume", "--json", check=False)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report
+    assert report["verdict"] == "streaming" and report["first_block_ms"] < 1000
+    assert report["resume"]["ok"] is True
