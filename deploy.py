@@ -8,13 +8,13 @@ offline, without connecting.)
 
 from pyinfra import host, inventory
 
-from roles.app import app
+from roles.app import DRIFT, app
 from roles.nginx import nginx
 from ssedeploy.settings import for_host
 
 for other in inventory:
-    for_host(other)
-settings = for_host(host)
+    for_host(other, offline=DRIFT)
+settings = for_host(host, offline=DRIFT)
 
 app(settings)
 nginx(settings)

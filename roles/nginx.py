@@ -64,7 +64,7 @@ def nginx(settings):
     apt.update(name="apt lists are fresh", cache_time=3600)
     package = apt.packages(name="Install nginx", packages=["nginx"], extra_install_args=APT_LOCK_WAIT)
     drop_in = files.put(
-        name="nginx LimitNOFILE drop-in", src=StringIO(conf.drop_in(host_limits(settings))),
+        name=f"nginx LimitNOFILE drop-in {conf.DROP_IN}", src=StringIO(conf.drop_in(host_limits(settings))),
         dest=conf.DROP_IN, mode="644",
     )
     systemd.daemon_reload(name="systemd daemon-reload", _if=drop_in.did_change)

@@ -19,11 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pyinfra.api import Config, State
-from pyinfra.context import ctx_state
-from pyinfra_cli.inventory import make_inventory
-
 from . import nginx
+from .inventory import inventory_hosts
 from .settings import DATA_KEYS, Settings, SettingsError, parse
 
 OFFLINE_CPUS = 2
@@ -31,18 +28,7 @@ OFFLINE_CPUS = 2
 
 def load_hosts(inventory_path: str, limit: list[str] | None = None) -> list[tuple[str, dict]]:
     """(name, ssedeploy data) of each host in a pyinfra inventory file, without connecting."""
-    state = State()
-    with ctx_state.use(state):
-        inventory = make_inventory(inventory_path)
-    state.init(inventory, Config())
-    hosts = []
-    with ctx_state.use(state):
-        for host in inventory:
-            groups = {g for g in host.groups} if hasattr(host, "groups") else set()
-            if limit and host.name not in limit and not (groups & set(limit)):
-                continue
-            hosts.append((host.name, {key: host.data.get(key) for key in DATA_KEYS}))
-    return hosts
+    return [(name, {key: data.get(key) for key in DATA_KEYS}) for name, data in inventory_hosts(inventory_path, limit)]
 
 
 def write_prefix(root: Path, settings: Settings, files: dict[str, str]) -> Path:

@@ -92,6 +92,13 @@ def _probe(args) -> int:
     return EXIT[report.verdict]
 
 
+def _verify(args) -> int:
+    from .verify import drift, verify
+
+    run = drift if args.command == "drift" else verify
+    return run(args.inventory, args.limit, args.junitxml, args.pytest_args)
+
+
 def _err(*parts) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
@@ -110,6 +117,14 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--http2", action="store_true", help="HTTP/2 over TLS")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=_probe)
+    for name, text in (("verify", "check every host of an inventory (testinfra): 0 ok, 1 a check failed, 3 error"),
+                       ("drift", "would a deploy change anything? dry run + verify: 0 no drift, 1 drift/failure, 3 error")):
+        vf = sub.add_parser(name, help=text)
+        vf.add_argument("inventory")
+        vf.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")
+        vf.add_argument("--junitxml", help="write a JUnit XML report (for CI)")
+        vf.add_argument("pytest_args", nargs="*", help="after --: further pytest options")
+        vf.set_defaults(func=_verify)
     ck = sub.add_parser("check", help="validate settings and lint every host's nginx config, offline")
     ck.add_argument("inventory")
     ck.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")

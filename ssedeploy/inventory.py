@@ -1,10 +1,32 @@
-"""Helpers for pyinfra inventory files."""
+"""Helpers for pyinfra inventory files, and reading one without connecting."""
 
 from __future__ import annotations
 
 import sys
 
 from . import sandbox
+
+
+def inventory_hosts(inventory_path: str, limit: list[str] | None = None) -> list[tuple[str, dict]]:
+    """(name, all data: pyinfra's connection data and ssedeploy's settings) of each host, offline.
+
+    `limit` takes host or group names, like pyinfra's --limit.
+    """
+    from pyinfra.api import Config, State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    state = State()
+    with ctx_state.use(state):
+        inventory = make_inventory(inventory_path)
+    state.init(inventory, Config())
+    hosts = []
+    with ctx_state.use(state):
+        for host in inventory:
+            if limit and host.name not in limit and not set(host.groups) & set(limit):
+                continue
+            hosts.append((host.name, host.data.dict()))
+    return hosts
 
 
 def sandbox_hosts(name: str | None = None) -> list[tuple[str, dict]]:

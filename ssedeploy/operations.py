@@ -7,7 +7,7 @@ import secrets
 from io import StringIO
 from pathlib import Path
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, operation
 
 from . import nginx
@@ -16,6 +16,12 @@ from .settings import Settings
 
 SWAP_SCRIPT = Path(__file__).with_name("scripts") / "nginx-swap.sh"
 LIVE = "/etc/nginx"
+
+
+def report_differences(paths: list[str]) -> None:
+    """Name what an operation would change, once, while pyinfra plans (what `drift` lists)."""
+    if paths and not host.state.is_executing:
+        logger.info(f"    [{host.name}] differs: {', '.join(paths)}")
 
 
 def host_limits(settings: Settings) -> nginx.Limits:
@@ -50,6 +56,7 @@ def nginx_config(settings: Settings, state_dir: str = "/var/lib/ssedeploy/nginx"
     if current == want:
         host.noop(f"nginx config revision {revision} is live")
         return
+    report_differences([path for path in sorted(want) if current.get(path) != want[path]])
 
     stage = f"{state_dir}/stage-{revision}"
     dirs = sorted({str(Path(f"{stage}/files/{rel}").parent) for rel in files})
@@ -86,6 +93,7 @@ def private_file(content: str, dest: str, user: str = "root", group: str = "root
     if current == want and host.get_fact(FileMeta, path=dest) == (user, group, mode.lstrip("0") or "0"):
         host.noop(f"{dest} is current")
         return
+    report_differences([f"{dest} (content not shown)"])
     yield FileUploadCommand(StringIO(content), dest)
     yield f"chown {user}:{group} {dest} && chmod {mode} {dest}"
 
@@ -129,6 +137,8 @@ def app_activate(settings: Settings, release: str | None, app_dir: str, force: b
     if release and current == ("L", f"releases/{release}") and not force:
         host.noop(f"release {release} is live")
         return
+    if release and not force:
+        report_differences([f"{app_dir}/current -> releases/{release} (now {current[1] if current else 'none'})"])
     app = settings.app
     yield FileUploadCommand(str(SCRIPTS / "app-check.js"), f"{APP_STATE}/app-check.js")
     yield FileUploadCommand(str(SCRIPTS / "app-activate.sh"), f"{APP_STATE}/app-activate.sh")

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from pyinfra.api.exceptions import PyinfraError
 
 DATA_KEYS = ("site", "nginx", "app")
@@ -145,8 +145,10 @@ def _env_value(value: str) -> str:
     return value
 
 
-def _app_source(value: str) -> str:
+def _app_source(value: str, info: ValidationInfo) -> str:
     path = Path(value).expanduser()
+    if (info.context or {}).get("offline"):  # verify/drift in a CI without the built app
+        return str(path)
     if not path.is_dir():
         raise ValueError("must be a directory on the controller: a built app (Next.js: after `next build`)")
     return str(path.resolve())
@@ -226,11 +228,14 @@ class SettingsError(PyinfraError, ValueError):
     """Bad settings; a PyinfraError so pyinfra's CLI prints the message, not a traceback."""
 
 
-def parse(data: dict, host_name: str = "?") -> Settings:
-    """Build Settings from one host's data; errors name host, field, value and what is allowed."""
+def parse(data: dict, host_name: str = "?", offline: bool = False) -> Settings:
+    """Build Settings from one host's data; errors name host, field, value and what is allowed.
+
+    `offline`: do not require controller-side files (app.source) to exist.
+    """
     raw = {key: data[key] for key in DATA_KEYS if data.get(key) is not None}
     try:
-        return Settings.model_validate(raw)
+        return Settings.model_validate(raw, context={"offline": offline})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -247,6 +252,6 @@ def parse(data: dict, host_name: str = "?") -> Settings:
         raise SettingsError("\n".join(lines)) from None
 
 
-def for_host(host) -> Settings:
+def for_host(host, offline: bool = False) -> Settings:
     """Settings of a pyinfra host (group and host data merged by pyinfra)."""
-    return parse({key: host.data.get(key) for key in DATA_KEYS}, host.name)
+    return parse({key: host.data.get(key) for key in DATA_KEYS}, host.name, offline)

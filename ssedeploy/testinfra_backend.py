@@ -29,7 +29,7 @@ class KnownHostsParamikoBackend(ParamikoBackend):
         client.connect(
             self.host.name, port=int(self.host.port or 22), username=self.host.user,
             key_filename=self.ssh_identity_file, timeout=self.timeout,
-            allow_agent=False, look_for_keys=False,
+            allow_agent=self.ssh_identity_file is None, look_for_keys=self.ssh_identity_file is None,
         )
         return client
 

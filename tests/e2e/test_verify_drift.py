@@ -1,0 +1,85 @@
+"""`ssedeploy verify` and `ssedeploy drift` against a deployed sandbox host, through its pyinfra inventory."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from .helpers import BIN, INSTANCE, pyinfra_deploy, run
+
+STATE = ("find /etc/nginx /etc/systemd/system/sseapp.service /etc/sseapp /srv/sseapp -xdev "
+         "\\( -type f -o -type l \\) -not -name '*.log' -print0 | sort -z | xargs -0 sha256sum; "
+         "find /srv/sseapp -maxdepth 1 -printf '%p %l\\n' | sort")
+
+
+def ssedeploy(*args, inventory: str = "inventories/sandbox.py", **kw):
+    return run(str(BIN / "ssedeploy"), *args, inventory, check=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def deployed(first_deploy, host):
+    pyinfra_deploy()
+    yield host
+    pyinfra_deploy()  # whatever a test changed is put back
+
+
+def test_verify_passes_and_reports_diagnostics(deployed, target, tmp_path):
+    report = tmp_path / "junit.xml"
+    result = ssedeploy("verify", "--junitxml", str(report))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert f"[{target['name']}]" in out and "passed" in out
+    assert "ssedeploy diagnostics" in out and f"{target['name']}: error.log:" in out
+    assert re.search(r'<testsuite [^>]*failures="0"', report.read_text())
+
+
+def test_verify_fails_naming_host_and_check(deployed, target):
+    deployed.check_output("systemctl stop sseapp")
+    try:
+        result = ssedeploy("verify")
+    finally:
+        deployed.check_output("systemctl start sseapp")
+    out = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert f"{target['name']}: sseapp is not running" in out
+
+
+def test_verify_without_inventory_hosts_is_an_error(deployed, tmp_path):
+    empty = tmp_path / "empty.py"
+    empty.write_text("hosts = []\n")
+    assert ssedeploy("verify", inventory=str(empty)).returncode == 3
+
+
+def test_drift_is_read_only_and_finds_none_after_a_deploy(deployed):
+    before = deployed.check_output(STATE)
+    result = ssedeploy("drift")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "a deploy would change nothing" in out
+    assert deployed.check_output(STATE) == before
+
+
+def test_drift_names_a_hand_edited_file(deployed, target):
+    site = "/etc/nginx/sites-available/ssedeploy.conf"
+    deployed.check_output(f"echo '# edited by hand' >> {site}")
+    result = ssedeploy("drift")
+    out = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert f"[{target['name']}] differs: {site}" in out
+    assert "nginx config (staged, tested, swapped)" in out
+
+
+def test_drift_works_without_secrets_or_a_built_app(deployed, target, tmp_path):
+    inventory = tmp_path / "ci.py"
+    inventory.write_text(
+        "from ssedeploy.inventory import sandbox_hosts\n"
+        f"hosts = [(n, dict(d, app={{'source': '/nowhere/build', 'secret_env': ['NOT_IN_CI']}}))"
+        f" for n, d in sandbox_hosts({INSTANCE!r})]\n"
+    )
+    pyinfra_deploy()
+    result = ssedeploy("drift", inventory=str(inventory))
+    out = result.stdout + result.stderr
+    assert "skipped in drift mode: /etc/sseapp/env (secrets are not available here)" in out
+    assert "skipped in drift mode: the release (no built app at /nowhere/build)" in out
+    assert result.returncode == 0, out

@@ -1,0 +1,125 @@
+"""testinfra suite for any inventory: `pytest tests/host --inventory inventories/prod.py [--limit web-1]`.
+
+The hosts, SSH user, key, port, sudo and known_hosts come from the pyinfra inventory
+itself (no second host list); host keys are always checked. `ssedeploy verify` runs
+this; every test is parametrized by host, so a failure names the host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from ssedeploy import nginx as conf
+from ssedeploy.inventory import inventory_hosts
+from ssedeploy.settings import parse
+from ssedeploy.testinfra_backend import get_host
+
+DIAGNOSTIC_PATTERNS = ("upstream timed out", "worker_connections are not enough", "upstream prematurely closed",
+                       "setrlimit")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--inventory", help="pyinfra inventory file whose hosts to check")
+    parser.addoption("--limit", help="comma-separated host or group names")
+
+
+def _hosts(config):
+    path = config.getoption("--inventory")
+    if not path:
+        raise pytest.UsageError("tests/host needs --inventory PATH (a pyinfra inventory)")
+    limit = config.getoption("--limit")
+    hosts = inventory_hosts(path, limit.split(",") if limit else None)
+    if not hosts:
+        raise pytest.UsageError(f"no host in {path}" + (f" matching --limit {limit}" if limit else ""))
+    return hosts
+
+
+def pytest_generate_tests(metafunc):
+    if "target" in metafunc.fixturenames:
+        hosts = _hosts(metafunc.config)
+        metafunc.parametrize("target", hosts, ids=[name for name, _ in hosts], indirect=True, scope="session")
+
+
+class Target:
+    """One inventory host: its name, settings, testinfra host and derived expectations."""
+
+    def __init__(self, name: str, data: dict):
+        self.name = name
+        self.data = data
+        self.settings = parse(data, name, offline=True)
+        known_hosts = data.get("ssh_known_hosts_file")
+        if not known_hosts:
+            pytest.fail(f"{name}: ssh_known_hosts_file is not set: host keys must be checked")
+        self.address = data.get("ssh_hostname") or name
+        self.host = get_host(
+            self.address, user=data.get("ssh_user") or os.environ.get("USER", "root"),
+            key=os.path.expanduser(data["ssh_key"]) if data.get("ssh_key") else None,
+            known_hosts=os.path.expanduser(known_hosts), port=int(data.get("ssh_port") or 22),
+            sudo=bool(data.get("_sudo")),
+        )
+
+    @property
+    def limits(self) -> conf.Limits:
+        cpus = int(self.host.check_output("nproc"))
+        hard = self.host.check_output("awk '/^Max open files/ {print $5}' /proc/1/limits")
+        return conf.limits(self.settings, cpus, int(hard) if hard.isdigit() else None)
+
+    def diagnostics(self) -> list[str]:
+        out = []
+        log = self.host.run("tail -n 2000 /var/log/nginx/error.log 2>/dev/null").stdout
+        hits = [line for line in log.splitlines() if any(p in line for p in DIAGNOSTIC_PATTERNS)]
+        out += [f"error.log: {line}" for line in hits[-10:]] or ["error.log: no known SSE failure message"]
+        port = self.settings.site.tls.port if self.settings.site.tls else self.settings.site.listen_port
+        streams = self.host.run(f"ss -Htn state established '( sport = :{port} )' | wc -l").stdout.strip()
+        out.append(f"open client connections on :{port}: {streams}")
+        old = self.host.run("pgrep -c -f '^nginx: worker process is shutting down' || true").stdout.strip()
+        out.append(f"old nginx workers still shutting down: {old or 0}")
+        return out
+
+
+_targets: dict[str, Target] = {}
+
+
+@pytest.fixture(scope="session")
+def target(request) -> Target:
+    name, data = request.param
+    if name not in _targets:
+        _targets[name] = Target(name, data)
+    return _targets[name]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _targets:
+        return
+    terminalreporter.section("ssedeploy diagnostics")
+    for name, t in _targets.items():
+        try:
+            lines = t.diagnostics()
+        except Exception as exc:  # diagnostics must never hide the test results
+            lines = [f"could not collect: {exc}"]
+        for line in lines:
+            terminalreporter.write_line(f"{name}: {line}")
+
+
+def sse_locations(tree: list[dict]) -> dict[str, dict]:
+    """Location blocks of a crossplane-parsed `nginx -T`: `args joined` -> {directive: [args lists]}."""
+    found = {}
+
+    def walk(directives):
+        for d in directives:
+            if d["directive"] == "location":
+                block = {}
+                for c in d.get("block", []):
+                    block.setdefault(c["directive"], []).append(c["args"])
+                found[" ".join(d["args"])] = block
+            walk(d.get("block", []))
+
+    walk(tree)
+    return found
+
+
+def strip_s(value: str) -> int:
+    return int(re.sub(r"s$", "", value))

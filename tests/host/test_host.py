@@ -1,0 +1,127 @@
+"""Is every host as declared? Packages, services, nginx's parsed config, the app unit, sockets, the live stream."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import crossplane
+
+from ssedeploy.probe import probe
+
+from .conftest import sse_locations
+
+FORWARDED = {"Host": "$host", "X-Real-IP": "$remote_addr", "X-Forwarded-For": "$proxy_add_x_forwarded_for",
+             "X-Forwarded-Proto": "$scheme", "Connection": ""}
+
+
+def live_config(target) -> list[dict]:
+    dump = target.host.check_output("nginx -T 2>/dev/null")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "nginx-T.conf")
+        path.write_text(dump)
+        parsed = crossplane.parse(str(path), single=True, check_ctx=False, comments=False)
+    assert parsed["status"] == "ok", f"{target.name}: nginx -T does not parse: {parsed['errors']}"
+    return parsed["config"][0]["parsed"]
+
+
+def directive(tree, name):
+    return [d["args"] for d in tree if d["directive"] == name]
+
+
+def test_packages_and_services(target):
+    h = target.host
+    for package in ("nginx", "nodejs"):
+        assert h.package(package).is_installed, f"{target.name}: package {package} is not installed"
+    for service in ("nginx", target.settings.app.name):
+        assert h.service(service).is_running, f"{target.name}: {service} is not running"
+        assert h.service(service).is_enabled, f"{target.name}: {service} is not enabled"
+
+
+def test_nginx_config_is_valid(target):
+    result = target.host.run("nginx -t")
+    assert result.rc == 0, f"{target.name}: nginx -t failed: {result.stderr}"
+
+
+def test_sse_locations_stream_and_nothing_else_is_unbuffered(target):
+    tree, s = live_config(target), target.settings
+    locations = sse_locations(tree)
+    for path in s.site.sse_paths:
+        loc = locations.get(f"^~ {path}")
+        assert loc, f"{target.name}: no SSE location for {path}"
+        want = {"proxy_buffering": [["off"]], "proxy_cache": [["off"]], "gzip": [["off"]],
+                "proxy_read_timeout": [[f"{s.proxy_read_timeout}s"]], "proxy_http_version": [["1.1"]]}
+        for name, value in want.items():
+            assert loc.get(name) == value, f"{target.name}: {path}: {name} expected {value}, found {loc.get(name)}"
+        headers = {a[0]: a[1] for a in loc.get("proxy_set_header", [])}
+        assert headers == FORWARDED, f"{target.name}: {path}: proxy_set_header expected {FORWARDED}, found {headers}"
+    sse = {f"^~ {p}" for p in s.site.sse_paths}
+    unbuffered = sorted(k for k, v in locations.items() if v.get("proxy_buffering") == [["off"]] and k not in sse)
+    assert not unbuffered, f"{target.name}: buffering is off outside the SSE paths: {unbuffered}"
+
+
+def test_x_accel_buffering_is_never_ignored(target):
+    dump = target.host.check_output("nginx -T 2>/dev/null")
+    ignored = [line.strip() for line in dump.splitlines()
+               if line.strip().startswith("proxy_ignore_headers") and "X-Accel-Buffering" in line]
+    assert not ignored, f"{target.name}: the app's X-Accel-Buffering is ignored: {ignored}"
+
+
+def test_sizes_and_timeouts_are_as_derived(target):
+    tree, lim = live_config(target), target.limits
+    events = next(d["block"] for d in tree if d["directive"] == "events")
+    found = {
+        "worker_connections": directive(events, "worker_connections"),
+        "worker_rlimit_nofile": directive(tree, "worker_rlimit_nofile"),
+        "worker_shutdown_timeout": directive(tree, "worker_shutdown_timeout"),
+    }
+    want = {
+        "worker_connections": [[str(lim.worker_connections)]],
+        "worker_rlimit_nofile": [[str(lim.worker_rlimit_nofile)]],
+        "worker_shutdown_timeout": [[f"{target.settings.nginx.worker_shutdown_timeout}s"]],
+    }
+    assert found == want, f"{target.name}: expected {want}, found {found}"
+
+
+def test_workers_have_the_file_limit(target):
+    want = str(target.limits.worker_rlimit_nofile)
+    workers = target.host.check_output("pgrep -P $(cat /run/nginx.pid)").split()
+    for pid in workers:
+        soft = target.host.check_output(f"awk '/^Max open files/ {{print $4}}' /proc/{pid}/limits")
+        assert soft == want, f"{target.name}: nginx worker {pid} may open {soft} files, expected {want}"
+
+
+def test_app_unit_is_verified_and_hardened(target):
+    name = target.settings.app.name
+    verify = target.host.run(f"systemd-analyze verify /etc/systemd/system/{name}.service")
+    assert verify.rc == 0 and not (verify.stdout + verify.stderr).strip(), \
+        f"{target.name}: systemd-analyze verify {name}: {verify.stdout}{verify.stderr}"
+    security = target.host.check_output(f"systemd-analyze security {name} --no-pager")
+    exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security).group(1))
+    assert exposure <= 2.0, f"{target.name}: {name} exposure expected <= 2.0, found {exposure}"
+
+
+def test_app_listens_on_loopback_only(target):
+    port = target.settings.app.port
+    found = sorted(s for s in target.host.socket.get_listening_sockets() if s.endswith(f":{port}"))
+    assert found == [f"tcp://127.0.0.1:{port}"], f"{target.name}: app port {port}: expected 127.0.0.1 only, found {found}"
+
+
+def test_env_file_is_private(target):
+    app = target.settings.app
+    env = target.host.file(f"/etc/{app.name}/env")
+    found = (env.user, env.group, oct(env.mode))
+    want = ("root", app.system_user, oct(0o640))
+    assert env.exists and found[:2] == want[:2] and env.mode & 0o037 == 0, \
+        f"{target.name}: /etc/{app.name}/env expected {want} or stricter, found {found}"
+
+
+def test_every_sse_path_streams_through_nginx(target):
+    s = target.settings
+    scheme, port = ("https", s.site.tls.port) if s.site.tls else ("http", s.site.listen_port)
+    name = next((n for n in s.site.server_names if n not in ("_", "*") and "*" not in n), target.address)
+    for path in s.site.sse_paths:
+        url = f"{scheme}://{name}:{port}{path}"
+        report = probe(url, duration=8, resolve={name: target.address}, insecure=True)
+        assert report.verdict == "streaming", f"{target.name}: probe {url}: {report.verdict}: {report.reason}"
