@@ -123,8 +123,7 @@ def parser() -> argparse.ArgumentParser:
         vf.add_argument("inventory")
         vf.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")
         vf.add_argument("--junitxml", help="write a JUnit XML report (for CI)")
-        vf.add_argument("pytest_args", nargs="*", help="after --: further pytest options")
-        vf.set_defaults(func=_verify)
+        vf.set_defaults(func=_verify, pytest_args=[])  # further pytest options go after `--`
     ck = sub.add_parser("check", help="validate settings and lint every host's nginx config, offline")
     ck.add_argument("inventory")
     ck.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")
@@ -156,7 +155,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra: list[str] = []
+    if argv[:1] in (["verify"], ["drift"]) and "--" in argv:  # the rest is for pytest
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1:]
     args = parser().parse_args(argv)
+    if extra:
+        args.pytest_args = extra
     try:
         return args.func(args)
     except sandbox.SandboxError as exc:

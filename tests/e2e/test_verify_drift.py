@@ -13,8 +13,8 @@ STATE = ("find /etc/nginx /etc/systemd/system/sseapp.service /etc/sseapp /srv/ss
          "find /srv/sseapp -maxdepth 1 -printf '%p %l\\n' | sort")
 
 
-def ssedeploy(*args, inventory: str = "inventories/sandbox.py", **kw):
-    return run(str(BIN / "ssedeploy"), *args, inventory, check=False, **kw)
+def ssedeploy(command, *args, inventory: str = "inventories/sandbox.py", **kw):
+    return run(str(BIN / "ssedeploy"), command, inventory, *args, check=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,9 @@ def test_drift_works_without_secrets_or_a_built_app(deployed, target, tmp_path):
     assert "skipped in drift mode: /etc/sseapp/env (secrets are not available here)" in out
     assert "skipped in drift mode: the release (no built app at /nowhere/build)" in out
     assert result.returncode == 0, out
+
+
+def test_verify_limit_selects_hosts_like_pyinfra(deployed, target):
+    assert ssedeploy("verify", "--limit", target["name"], "--", "-k", "nginx_config_is_valid").returncode == 0
+    result = ssedeploy("verify", "--limit", "no-such-host")
+    assert result.returncode == 3 and "matching --limit no-such-host" in result.stdout + result.stderr
