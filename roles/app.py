@@ -17,12 +17,12 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from roles import APT_LOCK_WAIT
 from ssedeploy import release
 from ssedeploy.operations import app_activate, app_release, host_limits, private_file
 from ssedeploy.render import render
 from ssedeploy.settings import SettingsError
 
-APT_LOCK_WAIT = "-o DPkg::Lock::Timeout=300"
 # `ssedeploy drift` runs the deploy dry in a CI that may have neither secrets nor the built app.
 DRIFT = os.environ.get("SSEDEPLOY_DRIFT") == "1"
 

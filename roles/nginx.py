@@ -14,12 +14,11 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from roles import APT_LOCK_WAIT
 from ssedeploy import nginx as conf
 from ssedeploy.operations import host_limits, nginx_config
 
 STATE_DIR = "/var/lib/ssedeploy/nginx"
-# Real servers run unattended-upgrades right after first boot: wait for the dpkg lock.
-APT_LOCK_WAIT = "-o DPkg::Lock::Timeout=300"
 
 
 def served_revision_check(settings) -> str:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+
+import crossplane
 
 from .render import render
 from .settings import Settings
@@ -77,3 +81,21 @@ def render_tree(settings: Settings, version: str, lim: Limits) -> tuple[dict[str
 
 def drop_in(lim: Limits) -> str:
     return render("systemd/nginx-limits.conf.j2", limits=lim)
+
+
+def parse_dump(dump: str) -> list[dict]:
+    """`nginx -T` output parsed by crossplane: every file nginx loaded, as one list of directives."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "nginx-T.conf")
+        path.write_text(dump)
+        parsed = crossplane.parse(str(path), single=True, check_ctx=False, comments=False)
+    if parsed["status"] != "ok":
+        raise ValueError(f"nginx -T does not parse: {parsed['errors']}")
+    return parsed["config"][0]["parsed"]
+
+
+def walk(directives: list[dict], parents: tuple = ()):
+    """Every directive of a crossplane tree with its enclosing blocks, depth first."""
+    for d in directives:
+        yield d, parents
+        yield from walk(d.get("block", []), (*parents, d))

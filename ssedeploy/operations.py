@@ -24,6 +24,12 @@ def report_differences(paths: list[str]) -> None:
         logger.info(f"    [{host.name}] differs: {', '.join(paths)}")
 
 
+def detached(name: str, command: str) -> str:
+    """Run `command` as a transient systemd unit and wait for it: a dropped SSH connection cannot cut it
+    in half, and its output and exit status still come back."""
+    return f"systemd-run --quiet --wait --pipe --collect --unit={name}-{secrets.token_hex(3)} {command}"
+
+
 def host_limits(settings: Settings) -> nginx.Limits:
     return nginx.limits(settings, host.get_fact(CpuCount), host.get_fact(NofileHardLimit))
 
@@ -68,11 +74,7 @@ def nginx_config(settings: Settings, state_dir: str = "/var/lib/ssedeploy/nginx"
     yield FileUploadCommand(StringIO("".join(f"{rel}\n" for rel in nginx.REMOVED)), f"{stage}/remove")
     yield FileUploadCommand(StringIO(revision + "\n"), f"{stage}/revision")
     yield FileUploadCommand(str(SWAP_SCRIPT), f"{state_dir}/nginx-swap.sh")
-    unit = f"ssedeploy-nginx-{revision}-{secrets.token_hex(3)}"
-    yield (
-        f"systemd-run --quiet --wait --pipe --collect --unit={unit} "
-        f"/bin/sh {state_dir}/nginx-swap.sh {stage} {settings.nginx.backups}"
-    )
+    yield detached(f"ssedeploy-nginx-{revision}", f"/bin/sh {state_dir}/nginx-swap.sh {stage} {settings.nginx.backups}")
 
 
 APP_STATE = "/var/lib/ssedeploy"
@@ -142,9 +144,8 @@ def app_activate(settings: Settings, release: str | None, app_dir: str, force: b
     app = settings.app
     yield FileUploadCommand(str(SCRIPTS / "app-check.js"), f"{APP_STATE}/app-check.js")
     yield FileUploadCommand(str(SCRIPTS / "app-activate.sh"), f"{APP_STATE}/app-activate.sh")
-    unit = f"ssedeploy-{app.name}-activate-{secrets.token_hex(3)}"
-    yield (
-        f"systemd-run --quiet --wait --pipe --collect --unit={unit} /bin/sh {APP_STATE}/app-activate.sh "
-        f"{app_dir} {app.name}.service {release or '--previous'} {app.keep_releases} {app.port} "
-        f"{app.health_path} {settings.site.sse_paths[0]}"
+    yield detached(
+        f"ssedeploy-{app.name}-activate",
+        f"/bin/sh {APP_STATE}/app-activate.sh {app_dir} {app.name}.service {release or '--previous'} "
+        f"{app.keep_releases} {app.port} {app.health_path} {settings.site.sse_paths[0]}",
     )

@@ -7,27 +7,21 @@ down at the end of the session, and a crashed earlier run's leftovers are adopte
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
-from ssedeploy.testinfra_backend import get_host
-
-from .helpers import INSTANCE, pyinfra_deploy, ssedeploy
+from .helpers import INSTANCE, booted, pyinfra_deploy, testinfra_host
 
 
 @pytest.fixture(scope="session")
 def sandbox_hosts():
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests boot sandbox hosts and need root (run `make test` as root)")
-    try:
-        ssedeploy("sandbox", "up", "--name", INSTANCE)
-        status = json.loads(ssedeploy("sandbox", "status", "--name", INSTANCE, "--json").stdout)
+    with booted(INSTANCE) as (up, status):
+        assert up.returncode == 0, up.stdout + up.stderr
         assert status, "sandbox up succeeded but status lists no host"
         yield status
-    finally:
-        ssedeploy("sandbox", "down", "--name", INSTANCE, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +38,7 @@ def target(sandbox_hosts, first_deploy):
 @pytest.fixture(scope="session")
 def host(target):
     """testinfra Host over SSH with the host key checked, sudo like the deploy."""
-    return get_host(target["address"], user=target["ssh_user"], key=target["ssh_key"],
-                    known_hosts=target["known_hosts"])
+    return testinfra_host(target)
 
 
 
@@ -55,17 +48,14 @@ NOBLE = "e2e-noble"
 @pytest.fixture(scope="session")
 def noble():
     """An Ubuntu 24.04 host, deployed; skipped only where `sandbox up` says its archive is unreachable (3)."""
-    try:
-        up = ssedeploy("sandbox", "up", "--name", NOBLE, "--distro", "ubuntu24", check=False)
+    with booted(NOBLE, "--distro", "ubuntu24") as (up, hosts):
         if up.returncode == 3:
             assert "not reachable" in up.stderr or "could not download" in up.stderr, up.stderr
             pytest.skip(f"Ubuntu archive unreachable here: {up.stderr.strip()[:300]}")
         assert up.returncode == 0, up.stdout + up.stderr
-        status = json.loads(ssedeploy("sandbox", "status", "--name", NOBLE, "--json").stdout)[0]
+        status = hosts[0]
         status["first_deploy"] = pyinfra_deploy(instance=NOBLE)
         yield status
-    finally:
-        ssedeploy("sandbox", "down", "--name", NOBLE, check=False)
 
 
 @pytest.fixture(scope="module", params=["debian12", "ubuntu24"])
@@ -75,5 +65,4 @@ def deployed(request):
         target = request.getfixturevalue("target")
         return INSTANCE, target, request.getfixturevalue("host")
     info = request.getfixturevalue("noble")
-    return NOBLE, info, get_host(info["address"], user=info["ssh_user"], key=info["ssh_key"],
-                                 known_hosts=info["known_hosts"])
+    return NOBLE, info, testinfra_host(info)

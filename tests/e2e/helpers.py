@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from ssedeploy.testinfra_backend import get_host
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -52,3 +56,19 @@ def operation_results(log: str) -> dict[str, list[str]]:
         elif current and line.strip().startswith("[") and "]" in line:
             results[current].append(line.split("]", 1)[1].strip())
     return results
+
+
+@contextmanager
+def booted(name: str, *up_args: str):
+    """`sandbox up` an instance; yield (the up result, its hosts from `status --json`); always `down` it."""
+    try:
+        up = ssedeploy("sandbox", "up", "--name", name, *up_args, check=False)
+        hosts = json.loads(ssedeploy("sandbox", "status", "--name", name, "--json").stdout) if up.returncode == 0 else []
+        yield up, hosts
+    finally:
+        ssedeploy("sandbox", "down", "--name", name, check=False)
+
+
+def testinfra_host(info: dict):
+    """testinfra Host for one entry of `sandbox status --json` (host key checked, sudo like the deploy)."""
+    return get_host(info["address"], user=info["ssh_user"], key=info["ssh_key"], known_hosts=info["known_hosts"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -10,9 +9,8 @@ import time
 import pytest
 
 from ssedeploy.sse import read_stream
-from ssedeploy.testinfra_backend import get_host
 
-from .helpers import BIN, REPO, deploy_with, operation_results, run, ssedeploy
+from .helpers import BIN, REPO, booted, deploy_with, operation_results, run, testinfra_host
 
 NAME = "e2e-next"
 NEXT = str(REPO / "examples" / "nextjs-sse")
@@ -29,14 +27,11 @@ def settings(**app) -> dict:
 def nxt(tmp_path_factory):
     assert (REPO / "examples/nextjs-sse/.next/standalone/server.js").exists(), "run `make nextjs` first"
     tmp = tmp_path_factory.mktemp("next")
-    try:
-        ssedeploy("sandbox", "up", "--name", NAME)
-        info = json.loads(ssedeploy("sandbox", "status", "--name", NAME, "--json").stdout)[0]
+    with booted(NAME) as (up, hosts):
+        assert up.returncode == 0, up.stdout + up.stderr
+        info = hosts[0]
         first = deploy_with(settings(), tmp, instance=NAME, check=True, env={"API_TOKEN": SECRET})
-        host = get_host(info["address"], user=info["ssh_user"], key=info["ssh_key"], known_hosts=info["known_hosts"])
-        yield {"info": info, "host": host, "tmp": tmp, "first": first}
-    finally:
-        ssedeploy("sandbox", "down", "--name", NAME, check=False)
+        yield {"info": info, "host": testinfra_host(info), "tmp": tmp, "first": first}
 
 
 def deploy(nxt, check=True, **app):

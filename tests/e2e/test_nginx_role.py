@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import socket
 import ssl
-import tempfile
-from pathlib import Path
-
-import crossplane
 import pytest
 
+from ssedeploy.nginx import parse_dump, walk
 from ssedeploy.probe import probe
 from ssedeploy.sse import read_stream
 
@@ -28,20 +25,7 @@ def role(deployed):
 
 
 def live_tree(host) -> list[dict]:
-    """`nginx -T` parsed by crossplane: every file nginx loaded, as one list of directives."""
-    dump = host.check_output("nginx -T 2>/dev/null")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "nginx-T.conf")
-        path.write_text(dump)
-        result = crossplane.parse(str(path), single=True, check_ctx=False, comments=False)
-    assert result["status"] == "ok", result["errors"]
-    return result["config"][0]["parsed"]
-
-
-def walk(directives, parents=()):
-    for d in directives:
-        yield d, parents
-        yield from walk(d.get("block", []), (*parents, d))
+    return parse_dump(host.check_output("nginx -T 2>/dev/null"))
 
 
 def locations(tree) -> dict[str, dict[str, list[str]]]:

@@ -13,9 +13,8 @@ import paramiko
 import pytest
 
 from ssedeploy.sandbox import hosts as sandbox_hosts, network
-from ssedeploy.testinfra_backend import get_host
 
-from .helpers import pyinfra_deploy, ssedeploy
+from .helpers import pyinfra_deploy, ssedeploy, testinfra_host
 
 NAME = "e2e-life"
 
@@ -71,7 +70,7 @@ def test_up_boots_two_hosts_with_their_own_subnet(life):
 
 def test_each_host_runs_systemd_and_checks_in_as_a_sudo_user(life):
     for h in status():
-        host = get_host(h["address"], user=h["ssh_user"], key=h["ssh_key"], known_hosts=h["known_hosts"])
+        host = testinfra_host(h)
         assert host.check_output("systemctl is-system-running") == "running"
         assert host.check_output("cat /proc/1/comm") == "systemd"
         assert host.check_output("id -un") == "root"  # through sudo
@@ -110,8 +109,7 @@ def test_up_recovers_after_the_hosts_were_killed(life):
     ssedeploy("sandbox", "up", "--name", NAME, "-n", "2")
     hosts = status()
     assert len(hosts) == 2
-    host = get_host(hosts[1]["address"], user=hosts[1]["ssh_user"], key=hosts[1]["ssh_key"],
-                    known_hosts=hosts[1]["known_hosts"])
+    host = testinfra_host(hosts[1])
     assert host.check_output("systemctl is-system-running") == "running"
 
 

@@ -8,7 +8,6 @@ this; every test is parametrized by host, so a failure names the host.
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 
@@ -107,19 +106,11 @@ def pytest_terminal_summary(terminalreporter):
 def sse_locations(tree: list[dict]) -> dict[str, dict]:
     """Location blocks of a crossplane-parsed `nginx -T`: `args joined` -> {directive: [args lists]}."""
     found = {}
-
-    def walk(directives):
-        for d in directives:
-            if d["directive"] == "location":
-                block = {}
-                for c in d.get("block", []):
-                    block.setdefault(c["directive"], []).append(c["args"])
-                found[" ".join(d["args"])] = block
-            walk(d.get("block", []))
-
-    walk(tree)
+    for d, _ in conf.walk(tree):
+        if d["directive"] == "location":
+            block = {}
+            for c in d.get("block", []):
+                block.setdefault(c["directive"], []).append(c["args"])
+            found[" ".join(d["args"])] = block
     return found
 
-
-def strip_s(value: str) -> int:
-    return int(re.sub(r"s$", "", value))

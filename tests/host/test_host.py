@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import re
-import tempfile
-from pathlib import Path
 
-import crossplane
-
+from ssedeploy.nginx import parse_dump
 from ssedeploy.probe import probe
 
 from .conftest import sse_locations
@@ -17,13 +14,7 @@ FORWARDED = {"Host": "$host", "X-Real-IP": "$remote_addr", "X-Forwarded-For": "$
 
 
 def live_config(target) -> list[dict]:
-    dump = target.host.check_output("nginx -T 2>/dev/null")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "nginx-T.conf")
-        path.write_text(dump)
-        parsed = crossplane.parse(str(path), single=True, check_ctx=False, comments=False)
-    assert parsed["status"] == "ok", f"{target.name}: nginx -T does not parse: {parsed['errors']}"
-    return parsed["config"][0]["parsed"]
+    return parse_dump(target.host.check_output("nginx -T 2>/dev/null"))
 
 
 def directive(tree, name):
