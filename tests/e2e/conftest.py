@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from .helpers import INSTANCE, booted, pyinfra_deploy, testinfra_host
+from .helpers import INSTANCE, booted, pyinfra_deploy, host_of
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def target(sandbox_hosts, first_deploy):
 @pytest.fixture(scope="session")
 def host(target):
     """testinfra Host over SSH with the host key checked, sudo like the deploy."""
-    return testinfra_host(target)
+    return host_of(target)
 
 
 
@@ -65,4 +65,4 @@ def deployed(request):
         target = request.getfixturevalue("target")
         return INSTANCE, target, request.getfixturevalue("host")
     info = request.getfixturevalue("noble")
-    return NOBLE, info, testinfra_host(info)
+    return NOBLE, info, host_of(info)

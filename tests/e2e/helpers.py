@@ -69,6 +69,6 @@ def booted(name: str, *up_args: str):
         ssedeploy("sandbox", "down", "--name", name, check=False)
 
 
-def testinfra_host(info: dict):
+def host_of(info: dict):
     """testinfra Host for one entry of `sandbox status --json` (host key checked, sudo like the deploy)."""
     return get_host(info["address"], user=info["ssh_user"], key=info["ssh_key"], known_hosts=info["known_hosts"])

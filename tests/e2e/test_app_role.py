@@ -10,7 +10,7 @@ import pytest
 
 from ssedeploy.sse import read_stream
 
-from .helpers import BIN, REPO, booted, deploy_with, operation_results, run, testinfra_host
+from .helpers import BIN, REPO, booted, deploy_with, operation_results, run, host_of
 
 NAME = "e2e-next"
 NEXT = str(REPO / "examples" / "nextjs-sse")
@@ -31,7 +31,7 @@ def nxt(tmp_path_factory):
         assert up.returncode == 0, up.stdout + up.stderr
         info = hosts[0]
         first = deploy_with(settings(), tmp, instance=NAME, check=True, env={"API_TOKEN": SECRET})
-        yield {"info": info, "host": testinfra_host(info), "tmp": tmp, "first": first}
+        yield {"info": info, "host": host_of(info), "tmp": tmp, "first": first}
 
 
 def deploy(nxt, check=True, **app):

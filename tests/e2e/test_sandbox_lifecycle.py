@@ -14,7 +14,7 @@ import pytest
 
 from ssedeploy.sandbox import hosts as sandbox_hosts, network
 
-from .helpers import pyinfra_deploy, ssedeploy, testinfra_host
+from .helpers import pyinfra_deploy, ssedeploy, host_of
 
 NAME = "e2e-life"
 
@@ -70,7 +70,7 @@ def test_up_boots_two_hosts_with_their_own_subnet(life):
 
 def test_each_host_runs_systemd_and_checks_in_as_a_sudo_user(life):
     for h in status():
-        host = testinfra_host(h)
+        host = host_of(h)
         assert host.check_output("systemctl is-system-running") == "running"
         assert host.check_output("cat /proc/1/comm") == "systemd"
         assert host.check_output("id -un") == "root"  # through sudo
@@ -109,7 +109,7 @@ def test_up_recovers_after_the_hosts_were_killed(life):
     ssedeploy("sandbox", "up", "--name", NAME, "-n", "2")
     hosts = status()
     assert len(hosts) == 2
-    host = testinfra_host(hosts[1])
+    host = host_of(hosts[1])
     assert host.check_output("systemctl is-system-running") == "running"
 
 

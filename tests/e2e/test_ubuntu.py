@@ -11,7 +11,7 @@ import re
 
 from ssedeploy.sse import read_stream
 
-from .helpers import pyinfra_deploy, testinfra_host
+from .helpers import pyinfra_deploy, host_of
 
 NAME = "e2e-noble"
 
@@ -26,7 +26,7 @@ def test_ubuntu24_deploys_streams_and_converges(noble):
     assert "content-encoding" not in stream.headers
     assert stream.first_block_ms is not None and stream.first_block_ms < 1000
     assert len(stream.events) >= 3 and all(750 <= g <= 1250 for g in stream.gaps_ms), stream.gaps_ms
-    host = testinfra_host(noble)
+    host = host_of(noble)
     assert host.system_info.distribution == "ubuntu" and host.system_info.release == "24.04"
     assert "nginx/1.24" in host.run("nginx -v").stderr
     assert host.run("nginx -t").rc == 0
