@@ -25,6 +25,7 @@ LINKS = {SITE_LINK: "../" + SITE}
 REMOVED = ("sites-enabled/default",)
 TLS_DIR = "/etc/ssl/ssedeploy"
 DROP_IN = "/etc/systemd/system/nginx.service.d/ssedeploy.conf"
+MAX_WORKERS_PER_CPU = 4
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -42,16 +43,20 @@ class Limits:
 
 
 def limits(settings: Settings, cpus: int, nofile_hard: int | None) -> Limits:
-    workers = max(1, cpus)
-    per_worker = math.ceil(settings.nginx.expected_streams / workers)
     # Each stream holds a client and an upstream connection; 1.5 x for headroom.
-    connections = max(1024, math.ceil(2 * per_worker * 1.5))
-    nofile = 2 * connections
-    if nofile_hard and nofile > nofile_hard:
-        nofile = nofile_hard  # setrlimit above the hard limit fails and workers stay at 1024
-        connections = nofile // 2
-    streams = min(settings.nginx.expected_streams, math.floor(connections / 3) * workers)
-    return Limits(workers, connections, nofile, streams)
+    needed = 2 * settings.nginx.expected_streams * 1.5
+    # worker_rlimit_nofile >= 2 x worker_connections (nginx docs, gixy), and setrlimit above the hard
+    # limit fails (workers stay at 1024), so the hard limit caps connections per worker. The limit is
+    # per process: where it caps, more workers (up to 4 per CPU) carry the streams.
+    cap = nofile_hard // 2 if nofile_hard else None
+    workers = max(1, cpus)
+    if cap and needed / workers > cap:
+        workers = min(math.ceil(needed / cap), MAX_WORKERS_PER_CPU * workers)
+    connections = max(1024, math.ceil(needed / workers))
+    if cap:
+        connections = min(connections, cap)
+    streams = min(settings.nginx.expected_streams, math.floor(connections * workers / 3))
+    return Limits(workers, connections, 2 * connections, streams)
 
 
 def upstream_name(settings: Settings) -> str:

@@ -130,14 +130,16 @@ def test_extra_directives_land_where_declared(tmp_path):
 
 
 @pytest.mark.parametrize("streams,cpus,hard,want", [
-    (10_000, 2, None, (15000, 30000, 10000)),
-    (10_000, 2, 20_000, (10000, 20000, 6666)),   # capped by the fd hard limit (playbook 10b)
-    (100, 1, None, (1024, 2048, 100)),
-    (10_000, 4, 1_048_576, (7500, 15000, 10000)),
+    (10_000, 2, None, (2, 15000, 30000, 10000)),
+    (10_000, 2, 20_000, (3, 10000, 20000, 10000)),  # the fd hard limit caps a worker: one more carries it
+    (100_000, 2, 20_000, (8, 10000, 20000, 26666)),  # at most 4 workers per CPU, then fewer streams
+    (10_000, 2, 1_000, (8, 500, 1000, 1333)),        # a tiny hard limit wins over the 1024 floor
+    (100, 1, None, (1, 1024, 2048, 100)),
+    (10_000, 4, 1_048_576, (4, 7500, 15000, 10000)),
 ])
 def test_limits_are_derived_from_expected_streams(streams, cpus, hard, want):
     lim = nginx.limits(parse({"nginx": {"expected_streams": streams}}), cpus, hard)
-    assert (lim.worker_connections, lim.worker_rlimit_nofile, lim.streams) == want
+    assert (lim.workers, lim.worker_connections, lim.worker_rlimit_nofile, lim.streams) == want
     assert lim.worker_rlimit_nofile >= 2 * lim.worker_connections or lim.worker_rlimit_nofile == hard
     assert nginx.drop_in(lim).splitlines()[-1] == f"LimitNOFILE={lim.worker_rlimit_nofile}"
 
