@@ -3,18 +3,23 @@
 Every host's settings are validated the first time this file runs, before any
 operation is queued: one bad value anywhere stops the whole run with a message naming
 the host, field and value, and no host is touched. (`ssedeploy check` does the same
-offline, without connecting.)
+offline, without connecting.) Then the host's deploy lock is taken: one run at a time
+per host (ssedeploy/deploy_lock.py).
 """
 
 from pyinfra import host, inventory
 
 from roles.app import DRIFT, app
 from roles.nginx import nginx
+from ssedeploy.deploy_lock import hold
+from ssedeploy.run_summary import report_failed_hosts
 from ssedeploy.settings import for_host
 
 for other in inventory:
     for_host(other, offline=DRIFT)
 settings = for_host(host, offline=DRIFT)
+report_failed_hosts(host.state)
+hold(host, shared=DRIFT)
 
 app(settings)
 nginx(settings)

@@ -35,14 +35,37 @@ def pyinfra_deploy(**kw) -> subprocess.CompletedProcess:
     return run(str(BIN / "pyinfra"), "-y", "inventories/sandbox.py", "deploy.py", **kw)
 
 
-def deploy_with(data: dict, tmp_dir: Path, instance: str = INSTANCE, check: bool = False, env: dict | None = None):
-    """Deploy with extra inventory data for every host of the instance (a settings change)."""
-    inventory = tmp_dir / f"inventory_{abs(hash(repr(data)))}.py"
+def write_inventory(data: dict, tmp_dir: Path, instance: str = INSTANCE, per_host: dict | None = None) -> Path:
+    """An inventory of the instance's hosts with extra data for all; `per_host` replaces top-level keys for some."""
+    inventory = tmp_dir / f"inventory_{abs(hash(repr((data, per_host))))}.py"
     inventory.write_text(
         "from ssedeploy.inventory import sandbox_hosts\n"
-        f"hosts = [(name, dict(data, **{data!r})) for name, data in sandbox_hosts({instance!r})]\n"
+        f"per_host = {per_host or {}!r}\n"
+        f"hosts = [(name, {{**data, **{data!r}, **per_host.get(name, {{}})}}) for name, data in sandbox_hosts({instance!r})]\n"
     )
-    return run(str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", check=check, instance=instance, env=env)
+    return inventory
+
+
+def deploy_args(data: dict, tmp_dir: Path, instance: str = INSTANCE, per_host: dict | None = None,
+                limit: str | None = None) -> list[str]:
+    inventory = write_inventory(data, tmp_dir, instance, per_host)
+    return [str(BIN / "pyinfra"), "-y", *(["--limit", limit] if limit else []), str(inventory), "deploy.py"]
+
+
+def deploy_with(data: dict, tmp_dir: Path, instance: str = INSTANCE, check: bool = False, env: dict | None = None,
+                per_host: dict | None = None, limit: str | None = None):
+    """Deploy with extra inventory data for every host of the instance (a settings change)."""
+    return run(*deploy_args(data, tmp_dir, instance, per_host, limit), check=check, instance=instance, env=env)
+
+
+def start_deploy(data: dict, tmp_dir: Path, instance: str = INSTANCE, env: dict | None = None,
+                 limit: str | None = None) -> subprocess.Popen:
+    """deploy_with, in the background: the caller waits for it (or kills it)."""
+    return subprocess.Popen(
+        deploy_args(data, tmp_dir, instance, limit=limit), cwd=REPO, text=True,
+        env=dict(os.environ, SSEDEPLOY_SANDBOX=instance, **(env or {})),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
 
 
 def operation_results(log: str) -> dict[str, list[str]]:

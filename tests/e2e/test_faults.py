@@ -1,0 +1,271 @@
+"""Streams and deploys under faults, on three real sandbox hosts (playbook checks 5-7).
+
+Timeouts are shortened so the suite fits `make test`: old workers get 5 s after a
+reload, heartbeats come every 2 s and nginx cuts a stream silent for 8 s.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from ssedeploy.deploy_lock import DEAD_AFTER, LEASE
+from ssedeploy.probe import probe
+
+from .helpers import booted, deploy_with, host_of, start_deploy
+from .streams import consecutive, crowd, follow
+
+FAULT = "e2e-fault"
+SHUTDOWN = 5  # nginx.worker_shutdown_timeout
+HEARTBEAT = 2  # app.heartbeat_seconds
+READ_TIMEOUT = 4 * HEARTBEAT  # the derived proxy_read_timeout
+SETTINGS = {"nginx": {"worker_shutdown_timeout": SHUTDOWN}, "app": {"heartbeat_seconds": HEARTBEAT}}
+
+
+def settings(**http) -> dict:
+    """SETTINGS plus nginx extra_http_directives (a harmless config change when needed)."""
+    nginx = dict(SETTINGS["nginx"], **({"extra_http_directives": http["extra"]} if http else {}))
+    return {**SETTINGS, "nginx": nginx}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """Three deployed hosts: [(status entry, testinfra host)]."""
+    with booted(FAULT, "--count", "3") as (up, hosts):
+        assert up.returncode == 0, up.stdout + up.stderr
+        first = deploy_with(SETTINGS, tmp_path_factory.mktemp("fault"), instance=FAULT)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        yield [(info, host_of(info)) for info in hosts]
+
+
+@pytest.fixture
+def one(fleet):
+    return fleet[0]
+
+
+def served_revision(host) -> str:
+    return host.check_output("curl -s http://127.0.0.1:8573/ssedeploy/revision")
+
+
+def recorded_revision(host) -> str:
+    return host.check_output("cat /var/lib/ssedeploy/nginx/revision")
+
+
+def streams_through_nginx(info) -> None:
+    verdict = probe(f"http://{info['address']}/api/stream", duration=8)
+    assert verdict.verdict == "streaming", verdict
+
+
+# -- streams ---------------------------------------------------------------------------------
+
+def test_reload_with_200_streams_loses_no_event(one):
+    info, host = one
+    old_workers = set(host.check_output("pgrep -P $(cat /run/nginx.pid)").split())
+    clients = crowd(200, info["address"], seconds=SHUTDOWN + 12)
+    time.sleep(3)
+    reloaded_at = time.time()
+    host.run_expect([0], "systemctl reload nginx")
+    time.sleep(SHUTDOWN + 2)
+    lingering = host.run("pgrep -f '[n]ginx: worker process is shutting down'").stdout.split()
+    alive = host.run("ps -o pid= -p " + ",".join(old_workers)).stdout.split()
+    results = clients.join()
+
+    assert not lingering and not alive, f"old workers still there {SHUTDOWN + 2} s after the reload"
+    for client in results:
+        assert client.statuses == {200}
+        assert consecutive(client.ids), f"ids lost or repeated: {client.ids}"
+        assert len(client.connections) <= 2, "more than one reconnect"
+        for cut, resumed in zip(client.connections, client.connections[1:]):
+            assert reloaded_at <= cut.ended_at <= reloaded_at + SHUTDOWN + 2
+            assert resumed.last_event_id == int(cut.result.ids[-1])
+        assert max(client.event_times) > reloaded_at + SHUTDOWN + 2, "no event after the old workers left"
+
+
+def test_app_killed_answers_retry_never_5xx_and_clients_resume(one):
+    info, host = one
+    before = dict(line.split("=", 1) for line in host.check_output(
+        "systemctl show -p NRestarts -p MainPID sseapp").splitlines())
+    clients = crowd(20, info["address"], seconds=12)
+    time.sleep(3)
+    killed_at = time.time()
+    host.run_expect([0], "systemctl kill --signal=SIGKILL sseapp")
+    results = clients.join()
+    after = dict(line.split("=", 1) for line in host.check_output(
+        "systemctl show -p NRestarts -p MainPID sseapp").splitlines())
+
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1 and after["MainPID"] != before["MainPID"]
+    retries = [c for client in results for c in client.connections
+               if c.result.status == 200 and not c.result.events and c.result.blocks
+               and c.result.blocks[0].retry and c.ended_at > killed_at]
+    assert retries, "no client saw the 200 + retry answer while the app was down"
+    for client in results:
+        assert client.statuses == {200}, f"a client got {client.statuses}"
+        assert consecutive(client.ids), f"ids lost or repeated: {client.ids}"
+        resumed = [t for t in client.event_times if t > killed_at]
+        assert resumed and resumed[0] < killed_at + 5, "events did not resume within 5 s of the kill"
+
+
+def quiet_app(host, *env: str) -> None:
+    """Override the app's environment with a drop-in (none: back to the deployed unit)."""
+    d = "/etc/systemd/system/sseapp.service.d"
+    body = "[Service]\n" + "".join(f"Environment={e}\n" for e in env)
+    host.run_expect([0], f"mkdir -p {d} && printf '{body}' > {d}/zz-fault.conf" if env else f"rm -f {d}/zz-fault.conf")
+    host.run_expect([0], "systemctl daemon-reload && systemctl restart sseapp")
+    host.run_expect([0], "for i in $(seq 50); do curl -sf http://127.0.0.1:3000/healthz && exit 0; sleep 0.1; done; exit 1")
+
+
+def test_heartbeats_keep_a_quiet_stream_past_the_read_timeout_and_silence_is_cut(one):
+    info, host = one
+    try:
+        quiet_app(host, "INTERVAL_MS=600000")  # no events: heartbeats only
+        kept = follow(info["address"], seconds=1.5 * READ_TIMEOUT).connections
+        quiet_app(host, "INTERVAL_MS=600000", "HEARTBEAT_MS=600000")  # negative control: silence
+        started = time.time()
+        cut = follow(info["address"], seconds=READ_TIMEOUT + 6).connections[0]
+    finally:
+        quiet_app(host)
+
+    assert len(kept) == 1 and not kept[0].result.closed_by_server and kept[0].result.error is None
+    assert kept[0].result.status == 200 and not kept[0].result.events
+    assert sum("ping" in b.comments for b in kept[0].result.blocks) >= READ_TIMEOUT // HEARTBEAT
+    assert cut.result.status == 200 and cut.result.closed_by_server
+    assert READ_TIMEOUT - 1 <= cut.ended_at - started <= READ_TIMEOUT + 3
+    assert "upstream timed out" in host.check_output("tail -n 20 /var/log/nginx/error.log")
+
+
+# -- deploys ---------------------------------------------------------------------------------
+
+def lock_log(host) -> list[str]:
+    return host.check_output("journalctl -t ssedeploy -o cat --no-pager").splitlines()
+
+
+def wait_for_lock(host, pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(f"taken by root@" in line and f" pid {pid} " in line for line in lock_log(host)):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"deploy {pid} did not take the lock within {timeout} s")
+
+
+def test_two_deploys_at_once_never_interleave(one, tmp_path):
+    info, host = one
+    name = info["name"]
+    first = start_deploy(settings(extra=["server_names_hash_bucket_size 128;"]), tmp_path, FAULT, limit=name)
+    wait_for_lock(host, first.pid)
+    second = start_deploy(settings(extra=["server_names_hash_bucket_size 256;"]), tmp_path, FAULT, limit=name)
+    out1, _ = first.communicate(timeout=300)
+    out2, _ = second.communicate(timeout=300)
+
+    assert first.returncode == 0, out1[-3000:]
+    assert second.returncode == 0, out2[-3000:]
+    assert f"waiting up to 300 s for the deploy lock, held by: root@" in out2 and f"pid {first.pid} " in out2
+    events = [(kind, pid) for line in lock_log(host) for pid in (first.pid, second.pid)
+              if f" pid {pid} " in line for kind in ("taken", "released") if f" {kind} by " in line]
+    assert events == [("taken", first.pid), ("released", first.pid), ("taken", second.pid), ("released", second.pid)]
+    assert "server_names_hash_bucket_size 256;" in host.check_output("nginx -T 2>/dev/null")
+
+
+def test_a_deploy_that_cannot_get_the_lock_fails_naming_the_holder(one, tmp_path):
+    info, host = one
+    holder = start_deploy(settings(extra=["server_names_hash_bucket_size 512;"]), tmp_path, FAULT, limit=info["name"])
+    try:
+        wait_for_lock(host, holder.pid)
+        started = time.monotonic()
+        refused = deploy_with(settings(), tmp_path, FAULT, env={"SSEDEPLOY_LOCK_WAIT": "1"}, limit=info["name"])
+        waited = time.monotonic() - started
+    finally:
+        out, _ = holder.communicate(timeout=300)
+    assert holder.returncode == 0, out[-3000:]
+    log = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and waited < 30
+    assert "another deploy holds the lock after 1 s of waiting" in log and f"pid {holder.pid} " in log
+    assert "Starting operation" not in log, "the refused run touched the host"
+
+
+def test_the_lock_dies_with_its_holder(one, tmp_path):
+    info, host = one
+    doomed = start_deploy(settings(extra=["server_names_hash_bucket_size 64;"]), tmp_path, FAULT, limit=info["name"])
+    wait_for_lock(host, doomed.pid)
+    doomed.kill()  # the controller dies mid-run: its connection closes, the host's holder exits
+    doomed.communicate(timeout=30)
+    started = time.monotonic()
+    after = deploy_with(settings(), tmp_path, FAULT, env={"SSEDEPLOY_LOCK_WAIT": "10"}, limit=info["name"])
+    assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    assert served_revision(host) == recorded_revision(host)
+    streams_through_nginx(info)
+
+
+def ssh_blackhole(address: str, on: bool) -> None:
+    """Drop every packet of the SSH connections to `address` (the network fails; nothing closes)."""
+    if on:
+        rules = (
+            "table inet ssdtest_sshdrop {\n"
+            f"  chain out {{ type filter hook output priority 0; ip daddr {address} tcp dport 22 drop; }}\n"
+            f"  chain in {{ type filter hook input priority 0; ip saddr {address} tcp sport 22 drop; }}\n"
+            "}\n"
+        )
+        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+    else:
+        subprocess.run(["nft", "delete", "table", "inet", "ssdtest_sshdrop"], capture_output=True)
+
+
+def test_ssh_dropped_mid_deploy_leaves_a_valid_config_and_the_next_run_converges(one, tmp_path):
+    info, host = one
+    change = settings(extra=["server_names_hash_bucket_size 1024;"])
+    before = served_revision(host)
+    cut = start_deploy(change, tmp_path, FAULT, limit=info["name"])
+    try:
+        for line in cut.stdout:
+            if line.startswith("--> Starting operation: nginx | nginx config"):
+                ssh_blackhole(info["address"], True)
+                dropped = time.monotonic()
+                break
+        else:
+            pytest.fail("the deploy ended before its nginx config step")
+        out, _ = cut.communicate(timeout=DEAD_AFTER + 60)
+        noticed = time.monotonic() - dropped
+    finally:
+        ssh_blackhole(info["address"], False)
+        if cut.poll() is None:
+            cut.kill()
+    assert cut.returncode != 0 and noticed < DEAD_AFTER + 30, f"exit {cut.returncode} after {noticed:.0f} s"
+
+    # The host kept a whole config, old or new, and serves it.
+    host.run_expect([0], "nginx -t")
+    assert served_revision(host) in (before, recorded_revision(host))
+    streams_through_nginx(info)
+
+    # No manual step: the next run waits out the dead run's lock lease and converges.
+    again = deploy_with(change, tmp_path, FAULT, limit=info["name"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "server_names_hash_bucket_size 1024;" in host.check_output("nginx -T 2>/dev/null")
+    assert served_revision(host) == recorded_revision(host) != before
+    assert LEASE > DEAD_AFTER
+
+
+def test_nginx_t_failing_on_one_host_of_three_leaves_it_on_its_previous_config(fleet, tmp_path):
+    before = {info["name"]: (served_revision(host), host.check_output(
+        "find /etc/nginx -type f | sort | xargs sha256sum")) for info, host in fleet}
+    bad = fleet[1][0]["name"]
+    change = settings(extra=["server_names_hash_bucket_size 128;"])
+    result = deploy_with(change, tmp_path, FAULT, per_host={bad: {**change, "site": {
+        "extra_directives": ["no_such_directive on;"]}}})
+    log = result.stdout + result.stderr
+
+    assert result.returncode != 0
+    assert f'unknown directive "no_such_directive"' in log and "nginx -t failed" in log
+    failed = [line.split("--> ", 1)[1] for line in log.splitlines() if " FAILED at: " in line]
+    assert len(failed) == 1 and failed[0].startswith(f"{bad} FAILED at: ") and "nginx config" in failed[0], failed
+    for info, host in fleet:
+        name = info["name"]
+        if name == bad:
+            assert (served_revision(host), host.check_output(
+                "find /etc/nginx -type f | sort | xargs sha256sum")) == before[name]
+        else:
+            assert served_revision(host) == recorded_revision(host) != before[name][0]
+            assert "server_names_hash_bucket_size 128;" in host.check_output("nginx -T 2>/dev/null")
+        streams_through_nginx(info)
