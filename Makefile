@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Machine packages the sandbox and the tests use (Node only where the machine has none).
 APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl
 
-.PHONY: deps demo demo-nextjs nextjs demo-down test unit clean
+.PHONY: deps demo demo-nextjs nextjs demo-down test unit clean bench bench-quick
 
 deps: $(BIN)/.installed
 
@@ -54,6 +54,20 @@ test: deps nextjs
 
 unit: deps
 	$(BIN)/pytest tests/unit
+
+# Benchmarks (bench/): capacity and latency of SSE streams, deploy speed. Each boots its own sandbox
+# instances (bench, benchd) and tears them down; missed targets print FAIL but never fail the command.
+# Only the full run writes its tables into README.md; the quick one writes docs/benchmarks/*-quick.*.
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import matplotlib" && touch $@
+
+bench: deps $(BIN)/.bench-installed
+	status=0; $(BIN)/python -m bench.capacity || status=1; $(BIN)/python -m bench.deploy_speed || status=1; exit $$status
+
+bench-quick: deps $(BIN)/.bench-installed
+	status=0; $(BIN)/python -m bench.capacity --quick || status=1; \
+	$(BIN)/python -m bench.deploy_speed --quick || status=1; exit $$status
 
 clean: demo-down
 	rm -rf $(VENV) .sandbox

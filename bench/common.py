@@ -1,0 +1,151 @@
+"""Shared bits of the benchmarks: own sandbox instances, SSH to their hosts, pyinfra runs, machine facts,
+tables and the README markers.
+
+Every benchmark boots its own instance and tears it down in a `finally`, also on Ctrl-C or SIGTERM;
+the only processes it starts are its subprocesses (sandbox CLI, pyinfra, ssh), each with a timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DOCS = REPO / "docs" / "benchmarks"
+README = REPO / "README.md"
+
+
+def log(*parts) -> None:
+    print("[bench]", *parts, file=sys.stderr, flush=True)
+
+
+def run(*args: str, timeout: float = 900, env: dict | None = None, check: bool = True,
+        input: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], cwd=REPO, env=dict(os.environ, **(env or {})), input=input,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, args))} exited {result.returncode}\n"
+                           f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # run the `finally` teardowns on SIGTERM too
+
+
+@contextmanager
+def instance(name: str, count: int = 1):
+    """Boot sandbox instance `name` with `count` hosts; always `sandbox down` it afterwards."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        up(name, count)
+        yield name
+    finally:
+        log(f"tearing down sandbox {name}")
+        run(BIN / "ssedeploy", "sandbox", "down", "--name", name, check=False, timeout=300)
+
+
+def up(name: str, count: int) -> list[dict]:
+    run(BIN / "ssedeploy", "sandbox", "up", "--name", name, "--count", str(count), timeout=900)
+    return hosts(name)
+
+
+def hosts(name: str) -> list[dict]:
+    return json.loads(run(BIN / "ssedeploy", "sandbox", "status", "--name", name, "--json").stdout)
+
+
+def write_inventory(name: str, path: Path, limit: list[str] | None = None, data: dict | None = None) -> Path:
+    """A pyinfra inventory for the instance's hosts (optionally some of them, with extra host data)."""
+    path.write_text(
+        "from ssedeploy.inventory import sandbox_hosts\n"
+        f"hosts = [(n, dict(d, **{data or {}!r})) for n, d in sandbox_hosts({name!r})"
+        f" if {limit!r} is None or n in {limit!r}]\n"
+    )
+    return path
+
+
+def pyinfra(inventory: Path | str, deploy: str, instance_name: str, env: dict | None = None,
+            timeout: float = 900) -> float:
+    """Run a deploy; return its wall time in seconds (fails loudly with pyinfra's output)."""
+    start = time.monotonic()
+    run(BIN / "pyinfra", "-y", inventory, deploy, env=dict(env or {}, SSEDEPLOY_SANDBOX=instance_name),
+        timeout=timeout)
+    return time.monotonic() - start
+
+
+def ssh_args(host: dict) -> list[str]:
+    return ["ssh", "-i", host["ssh_key"], "-o", f"UserKnownHostsFile={host['known_hosts']}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ServerAliveInterval=15",
+            "-p", str(host["port"]), f"{host['ssh_user']}@{host['address']}"]
+
+
+def ssh(host: dict, command: str, timeout: float = 120, input: str | None = None, check: bool = True) -> str:
+    return run(*ssh_args(host), command, timeout=timeout, input=input, check=check).stdout
+
+
+def machine(host: dict | None = None) -> dict:
+    """The machine and the versions the figures depend on (nginx and Node as installed on the sandbox host)."""
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    os_release = dict(re.findall(r'^(\w+)="?([^"\n]*)"?$', Path("/etc/os-release").read_text(), re.M))
+    facts = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "host distro": os_release.get("PRETTY_NAME", "?"),
+        "pyinfra": version("pyinfra"),
+    }
+    if host:
+        out = ssh(host, "/usr/sbin/nginx -v 2>&1; node --version; . /etc/os-release; echo $PRETTY_NAME", check=False)
+        lines = out.strip().splitlines() + ["?"] * 3
+        facts["nginx"] = lines[0].split("/", 1)[-1].strip() if "/" in lines[0] else lines[0]
+        facts["node"] = lines[1].lstrip("v")
+        facts["sandbox host"] = lines[2]
+    return facts
+
+
+def machine_line(facts: dict) -> str:
+    return "Measured " + ", ".join(f"{k}: {v}" for k, v in facts.items()) + "."
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def write_outputs(stem: str, markdown: str, data: dict) -> None:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / f"{stem}.md").write_text(markdown + "\n")
+    (DOCS / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
+def write_readme(marker: str, markdown: str) -> None:
+    """Replace what is between `<!-- bench:MARKER -->` and `<!-- /bench:MARKER -->` in README.md."""
+    text = README.read_text()
+    start, end = f"<!-- bench:{marker} -->", f"<!-- /bench:{marker} -->"
+    if start not in text or end not in text:
+        raise RuntimeError(f"README.md has no {start} ... {end} markers")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    README.write_text(f"{before}{start}\n{markdown}\n{end}{after}")
+
+
+def quoted(*args) -> str:
+    return " ".join(shlex.quote(str(a)) for a in args)
