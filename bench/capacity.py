@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -48,23 +49,25 @@ def deploy_hosts(tmp: Path, variant: str | None = None, which: tuple[str, ...] =
         "2": (common.write_inventory(INSTANCE, tmp / "h2.py", [f"{INSTANCE}-2"]), "bench/stock_deploy.py",
               {"SSEDEPLOY_BENCH_VARIANT": variant or "sse"}),
     }
-    failures: list[Exception] = []
-
-    def one(key: str) -> None:
-        inventory, deploy, env = jobs[key]
-        try:
-            seconds = common.pyinfra(inventory, deploy, INSTANCE, env=env)
-            common.log(f"{INSTANCE}-{key}: {deploy} {env or ''} in {seconds:.1f} s")
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other deploy ends
-            failures.append(exc)
-
-    threads = [threading.Thread(target=one, args=(k,)) for k in which]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if failures:
-        raise failures[0]
+    start = time.monotonic()
+    procs = {}
+    try:
+        for key in which:
+            inventory, deploy, env = jobs[key]
+            procs[key] = subprocess.Popen(
+                [str(common.BIN / "pyinfra"), "-y", str(inventory), deploy], cwd=common.REPO, text=True,
+                env=dict(os.environ, SSEDEPLOY_SANDBOX=INSTANCE, **env), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT)
+        for key, proc in procs.items():
+            out, _ = proc.communicate(timeout=900)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{jobs[key][1]} on {INSTANCE}-{key} exited {proc.returncode}\n{out[-4000:]}")
+            common.log(f"{INSTANCE}-{key}: {jobs[key][1]} {jobs[key][2] or ''} done at {time.monotonic() - start:.1f} s")
+    finally:  # on failure or Ctrl-C: end the deploys this started
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def run_case(host: dict, case: str, streams: int, hold: int) -> dict:

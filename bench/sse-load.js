@@ -23,9 +23,17 @@ const CONNECT_TIMEOUT_MS = Number(args['connect-timeout'] || 10) * 1000;
 const UNITS = (args.units || '').split(',').filter(Boolean);
 const MAX_GAP_MS = 1500;
 
-// Wall-clock ms with sub-ms resolution, on the same clock as the app's Date.now().
-const ORIGIN = Date.now() - performance.now();
+// Wall-clock ms with sub-ms resolution, on the same clock as the app's Date.now(): calibrated on the edge
+// of a Date.now() tick (Date.now() is floored to the ms, so a plain offset would be up to 1 ms early).
+const ORIGIN = (() => {
+  const first = Date.now();
+  let t;
+  while ((t = Date.now()) === first);
+  return t - performance.now();
+})();
 const now = () => ORIGIN + performance.now();
+// The event's `ts` is the app's Date.now(), floored: on average 0.5 ms before the real send time.
+const TS_FLOOR = 0.5;
 
 // --- per-unit CPU (cgroup cpu.stat usage_usec) and memory (cgroup memory or summed RSS of its processes)
 function cgroupDir(unit) {
@@ -116,7 +124,7 @@ function open(i) {
           if (s.last) s.maxGap = Math.max(s.maxGap, t - s.last);
           s.last = t;
           s.events += 1;
-          latencies.push(t - ts);
+          latencies.push(t - (ts + TS_FLOOR));
         }
       }
     });
