@@ -10,16 +10,17 @@ never printed and never in the unit.
 from __future__ import annotations
 
 import os
+from hashlib import sha256
 from io import StringIO
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from roles import APT_LOCK_WAIT
 from ssedeploy import release
-from ssedeploy.operations import app_activate, app_release, host_limits, private_file
+from ssedeploy.facts import PathStates
+from ssedeploy.operations import APP_STATE, app_activate, app_release, host_limits, private_file
 from ssedeploy.render import render
 from ssedeploy.settings import SettingsError
 
@@ -84,14 +85,24 @@ def app(settings):
             raise
         values = None
         logger.info(f"    [{host.name}] skipped in drift mode: {env_path(settings)} (secrets are not available here)")
-    env = private_file(name=f"App environment {env_path(settings)} (values not shown)",
-                       content=release.env_file(values), dest=env_path(settings), user="root", group=user,
-                       mode="640") if values is not None else None
     unit_path = f"/etc/systemd/system/{a.name}.service"
-    unit_file = files.put(name=f"App systemd unit {unit_path}",
-                          src=StringIO(unit(settings, host_limits(settings).worker_rlimit_nofile)), dest=unit_path,
-                          mode="644")
-    systemd.daemon_reload(name="systemd daemon-reload", _if=unit_file.did_change)
+    unit_text = unit(settings, host_limits(settings).worker_rlimit_nofile)
+    env_text = release.env_file(values) if values is not None else None
+    # Noted on the host before the unit or environment changes and cleared once the app restarted:
+    # a run that dies in between leaves the note, so the next run restarts though no file differs.
+    marker = f"{APP_STATE}/{a.name}.restart-pending"
+    want = {unit_path: unit_text, **({env_path(settings): env_text} if env_text is not None else {})}
+    now = host.get_fact(PathStates, paths=[*want, marker])
+    pending = now[marker] is not None or any(now[p] != ("F", sha256(t.encode()).hexdigest())
+                                             for p, t in want.items())
+    if pending and now[marker] is None:
+        server.shell(name="Restart pending (unit or environment changes)",
+                     commands=[f"mkdir -p {APP_STATE} && touch {marker}"])
+    if env_text is not None:
+        private_file(name=f"App environment {env_path(settings)} (values not shown)", content=env_text,
+                     dest=env_path(settings), user="root", group=user, mode="640")
+    files.put(name=f"App systemd unit {unit_path}", src=StringIO(unit_text), dest=unit_path, mode="644")
+    systemd.daemon_reload(name="systemd daemon-reload", _if=lambda: pending)
 
     if DRIFT and not os.path.isdir(a.source):
         logger.info(f"    [{host.name}] skipped in drift mode: the release (no built app at {a.source})")
@@ -104,5 +115,6 @@ def app(settings):
                         app_dir=app_dir(settings))
     app_activate(name="Restart and check (unit or environment changed)", settings=settings,
                  release=release_hash, app_dir=app_dir(settings), force=True,
-                 _if=[any_changed(unit_file, *([env] if env else [])), lambda: not live.did_change()])
+                 _if=[lambda: pending, lambda: not live.did_change()])
+    files.file(name="Restart done", path=marker, present=False)
     systemd.service(name=f"{a.name} is enabled and running", service=a.name, running=True, enabled=True)

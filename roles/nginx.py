@@ -16,21 +16,18 @@ from pyinfra.operations.util import any_changed
 
 from roles import APT_LOCK_WAIT
 from ssedeploy import nginx as conf
-from ssedeploy.operations import host_limits, nginx_config
+from ssedeploy.facts import ServedRevision, revision_request
+from ssedeploy.operations import desired_tree, host_limits, nginx_config
 
 STATE_DIR = "/var/lib/ssedeploy/nginx"
 
 
 def served_revision_check(settings) -> str:
     """Poll the loopback revision until nginx serves the one the swap recorded (reloads are asynchronous)."""
-    fetch = (
-        f"exec 3<>/dev/tcp/127.0.0.1/{settings.site.revision_port}; "
-        'printf "GET /ssedeploy/revision HTTP/1.0\\r\\n\\r\\n" >&3; cat <&3'
-    )
     return (
-        f'bash -c \'want=$(cat {STATE_DIR}/revision); for i in $(seq 100); do '
-        f'({fetch}) 2>/dev/null | grep -qx "$want" && exit 0; sleep 0.1; done; '
-        'echo "nginx does not serve config revision $want 10 s after the reload" >&2; exit 1\''
+        f"want=$(cat {STATE_DIR}/revision); for i in $(seq 100); do "
+        f'{revision_request(settings.site.revision_port)} | grep -qx "$want" && exit 0; sleep 0.1; done; '
+        'echo "nginx does not serve config revision $want 10 s after the reload" >&2; exit 1'
     )
 
 
@@ -71,12 +68,15 @@ def nginx(settings):
     tree = nginx_config(name="nginx config (staged, tested, swapped)", settings=settings)
     systemd.service(name="nginx is running and enabled", service="nginx", running=True, enabled=True)
 
+    # A run that died between putting a config live and reloading leaves nginx on the old one:
+    # the served revision tells, so the next run reloads even though no file changes.
+    stale = host.get_fact(ServedRevision, port=settings.site.revision_port) != desired_tree(settings)[1]
     restart = any_changed(package, drop_in)
     systemd.service(name="Restart nginx (package or drop-in changed)", service="nginx", restarted=True,
                     _if=restart)
     systemd.service(
         name="Reload nginx gracefully", service="nginx", reloaded=True,
-        _if=[any_changed(tree, *certificate), lambda: not restart()],
+        _if=[lambda: stale or any_changed(tree, *certificate)(), lambda: not restart()],
     )
     server.shell(name="nginx serves the new config revision", commands=[served_revision_check(settings)],
-                 _if=any_changed(tree, package, drop_in, *certificate))
+                 _if=lambda: stale or any_changed(tree, package, drop_in, *certificate)())

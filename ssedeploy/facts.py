@@ -19,6 +19,28 @@ class NginxVersion(FactBase):
         return match.group(1) if match else None
 
 
+def revision_request(port: int) -> str:
+    """Shell that prints the loopback revision response (bash's /dev/tcp: no curl needed on the host)."""
+    return (
+        f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port} && "
+        'printf "GET /ssedeploy/revision HTTP/1.0\\r\\n\\r\\n" >&3 && cat <&3\' 2>/dev/null'
+    )
+
+
+class ServedRevision(FactBase):
+    """The config revision nginx's workers serve on the loopback revision port; None if nothing answers.
+
+    Differs from the one on disk when a run died between putting a config live and reloading.
+    """
+
+    def command(self, port: int) -> str:
+        return f"{revision_request(port)} | tail -n 1 || true"
+
+    def process(self, output):
+        value = "".join(output).strip()
+        return value if re.fullmatch(r"[0-9a-f]{16}", value) else None
+
+
 class NofileHardLimit(FactBase):
     """The open-files hard limit of PID 1: no service (nginx included) can be given more."""
 

@@ -49,7 +49,7 @@ def write_inventory(data: dict, tmp_dir: Path, instance: str = INSTANCE, per_hos
 def deploy_args(data: dict, tmp_dir: Path, instance: str = INSTANCE, per_host: dict | None = None,
                 limit: str | None = None) -> list[str]:
     inventory = write_inventory(data, tmp_dir, instance, per_host)
-    return [str(BIN / "pyinfra"), "-y", *(["--limit", limit] if limit else []), str(inventory), "deploy.py"]
+    return [str(BIN / "pyinfra"), "-y", *(["--limit", limit] if limit else []), str(inventory), str(REPO / "deploy.py")]
 
 
 def deploy_with(data: dict, tmp_dir: Path, instance: str = INSTANCE, check: bool = False, env: dict | None = None,
@@ -60,10 +60,11 @@ def deploy_with(data: dict, tmp_dir: Path, instance: str = INSTANCE, check: bool
 
 def start_deploy(data: dict, tmp_dir: Path, instance: str = INSTANCE, env: dict | None = None,
                  limit: str | None = None) -> subprocess.Popen:
-    """deploy_with, in the background: the caller waits for it (or kills it)."""
+    """deploy_with, in the background: the caller waits for it (or kills it). It runs in `tmp_dir`, so
+    what a killed or cut run leaves behind (pyinfra-debug.log) stays out of the checkout."""
     return subprocess.Popen(
-        deploy_args(data, tmp_dir, instance, limit=limit), cwd=REPO, text=True,
-        env=dict(os.environ, SSEDEPLOY_SANDBOX=instance, **(env or {})),
+        deploy_args(data, tmp_dir, instance, limit=limit), cwd=tmp_dir, text=True,
+        env=dict(os.environ, SSEDEPLOY_SANDBOX=instance, PYTHONPATH=str(REPO), **(env or {})),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
 

@@ -14,7 +14,7 @@ import pytest
 from ssedeploy.deploy_lock import DEAD_AFTER, LEASE
 from ssedeploy.probe import probe
 
-from .helpers import booted, deploy_with, host_of, start_deploy
+from .helpers import booted, deploy_with, host_of, operation_results, start_deploy
 from .streams import consecutive, crowd, follow
 
 FAULT = "e2e-fault"
@@ -269,3 +269,49 @@ def test_nginx_t_failing_on_one_host_of_three_leaves_it_on_its_previous_config(f
             assert served_revision(host) == recorded_revision(host) != before[name][0]
             assert "server_names_hash_bucket_size 128;" in host.check_output("nginx -T 2>/dev/null")
         streams_through_nginx(info)
+
+
+# -- a run that dies between changing a file and acting on it --------------------------------
+
+def killed_at(run: subprocess.Popen, prefix: str) -> None:
+    """Kill the run (the controller dies) as soon as its log shows `prefix`."""
+    for line in run.stdout:
+        if line.startswith(prefix):
+            run.kill()
+            run.communicate(timeout=30)
+            return
+    pytest.fail(f"the run ended before {prefix!r}")
+
+
+def test_a_run_killed_between_config_swap_and_reload_is_finished_by_the_next(fleet, tmp_path):
+    info, host = fleet[2]
+    change = settings(extra=["server_names_hash_bucket_size 2048;"])
+    before = served_revision(host)
+    killed_at(start_deploy(change, tmp_path, FAULT, limit=info["name"]),
+              "--> Starting operation: nginx | nginx is running and enabled")
+    assert served_revision(host) == before != recorded_revision(host), "not the state a dead run leaves"
+
+    again = deploy_with(change, tmp_path, FAULT, limit=info["name"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert operation_results(again.stdout + again.stderr)["nginx | Reload nginx gracefully"] == ["Success"]
+    assert served_revision(host) == recorded_revision(host) != before
+
+
+def app_environment(host) -> str:
+    return host.check_output("tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value sseapp)/environ")
+
+
+def test_a_run_killed_between_environment_change_and_restart_restarts_next_time(fleet, tmp_path):
+    info, host = fleet[2]
+    change = {**SETTINGS, "app": {**SETTINGS["app"], "env": {"FAULT_MARK": "1"}}}
+    killed_at(start_deploy(change, tmp_path, FAULT, limit=info["name"]),
+              "--> Starting operation: app | App systemd unit")
+    assert 'FAULT_MARK="1"' in host.check_output("cat /etc/sseapp/env")
+    assert "FAULT_MARK=1" not in app_environment(host), "not the state a dead run leaves"
+
+    again = deploy_with(change, tmp_path, FAULT, limit=info["name"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "FAULT_MARK=1" in app_environment(host).splitlines()
+    third = deploy_with(change, tmp_path, FAULT, limit=info["name"])
+    ops = operation_results(third.stdout + third.stderr)
+    assert ops.get("app | Restart and check (unit or environment changed)", []) in ([], ["No changes"])
