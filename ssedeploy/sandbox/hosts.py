@@ -195,7 +195,10 @@ def mounts_under(path: Path) -> list[Path]:
 def unmount_all(instance: str) -> None:
     for mount_point in mounts_under(instance_dir(instance)):
         if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+            lazy = subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, text=True)
+            # A concurrent `down` may have unmounted it in between: only a mount still there is an error.
+            if lazy.returncode != 0 and mount_point in mounts_under(instance_dir(instance)):
+                raise subprocess.CalledProcessError(lazy.returncode, lazy.args, lazy.stdout, lazy.stderr)
 
 
 def remove_dirs(instance: str) -> None:
