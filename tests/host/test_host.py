@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ssedeploy.check import lint
 from ssedeploy.nginx import parse_dump
 from ssedeploy.probe import probe
 
@@ -50,6 +51,13 @@ def test_sse_locations_stream_and_nothing_else_is_unbuffered(target):
     sse = {f"^~ {p}" for p in s.site.sse_paths}
     unbuffered = sorted(k for k, v in locations.items() if v.get("proxy_buffering") == [["off"]] and k not in sse)
     assert not unbuffered, f"{target.name}: buffering is off outside the SSE paths: {unbuffered}"
+
+
+def test_gixy_finds_nothing_in_the_live_config_but_unbuffered_sse_locations(target, tmp_path):
+    dump = tmp_path / "nginx-T.conf"
+    dump.write_text(target.host.check_output("nginx -T 2>/dev/null") + "\n")
+    problems = lint(dump, target.settings, dump=True)
+    assert not problems, f"{target.name}: " + "; ".join(problems)
 
 
 def test_x_accel_buffering_is_never_ignored(target):

@@ -4,7 +4,10 @@ import shutil
 
 import pytest
 
+from ssedeploy import nginx
+from ssedeploy.check import lint
 from ssedeploy.cli import main
+from ssedeploy.settings import OLDEST_NGINX, parse
 
 NGINX = shutil.which("nginx") or shutil.which("/usr/sbin/nginx")
 
@@ -55,3 +58,17 @@ def test_newer_version_than_local_nginx_is_skipped_with_a_message(tmp_path, caps
     status, out = run_check(tmp_path, capsys, 'h = [("w", {"nginx": {"version": "9.0.0"}})]\n')
     assert status == 0
     assert "nginx -t skipped" in out
+
+
+def test_lint_reads_an_nginx_T_dump_and_flags_buffering_off_outside_sse_locations(tmp_path):
+    settings = parse({})
+    files, _ = nginx.render_tree(settings, OLDEST_NGINX, nginx.limits(settings, 2, None))
+    paths = {nginx.SITE: nginx.SITE_LINK}  # nginx -T names a file by the path it was included as
+    dump = "".join(f"# configuration file /etc/nginx/{paths.get(rel, rel)}:\n{text}\n" for rel, text in files.items())
+    path = tmp_path / "nginx-T.conf"
+    path.write_text(dump)
+    assert lint(path, settings, dump=True) == []
+    path.write_text(dump.replace("    location / {\n", "    location / {\n        proxy_buffering off;\n"))
+    assert [p for p in lint(path, settings, dump=True) if "proxy_buffering_off" in p]
+    path.write_text(dump.split("# configuration file /etc/nginx/sites-enabled")[0])  # the site is missing
+    assert lint(path, settings, dump=True) == ["gixy saw 0 of 1 SSE locations: it did not read the whole config"]
