@@ -16,8 +16,8 @@ from pyinfra.operations.util import any_changed
 
 from roles import APT_LOCK_WAIT
 from ssedeploy import nginx as conf
-from ssedeploy.facts import ServedRevision, revision_request
-from ssedeploy.operations import desired_tree, host_limits, nginx_config
+from ssedeploy.facts import NginxRevisions, revision_request
+from ssedeploy.operations import host_limits, nginx_config
 
 STATE_DIR = "/var/lib/ssedeploy/nginx"
 
@@ -68,15 +68,18 @@ def nginx(settings):
     tree = nginx_config(name="nginx config (staged, tested, swapped)", settings=settings)
     systemd.service(name="nginx is running and enabled", service="nginx", running=True, enabled=True)
 
-    # A run that died between putting a config live and reloading leaves nginx on the old one:
-    # the served revision tells, so the next run reloads even though no file changes.
-    stale = host.get_fact(ServedRevision, port=settings.site.revision_port) != desired_tree(settings)[1]
+    # A run that died between putting a config live and reloading leaves nginx on the old one: the
+    # next run reloads though no file changes, unconditionally so that `drift` reports it too.
+    revisions = host.get_fact(NginxRevisions, port=settings.site.revision_port, state_dir=STATE_DIR)
+    pending = revisions["live"] is not None and revisions["served"] != revisions["live"]
     restart = any_changed(package, drop_in)
     systemd.service(name="Restart nginx (package or drop-in changed)", service="nginx", restarted=True,
                     _if=restart)
-    systemd.service(
-        name="Reload nginx gracefully", service="nginx", reloaded=True,
-        _if=[lambda: stale or any_changed(tree, *certificate)(), lambda: not restart()],
-    )
+    if pending and not (package.will_change or drop_in.will_change):
+        reload_if, check_if = None, None
+    else:
+        reload_if = [any_changed(tree, *certificate), lambda: not restart()]
+        check_if = any_changed(tree, package, drop_in, *certificate)
+    systemd.service(name="Reload nginx gracefully", service="nginx", reloaded=True, _if=reload_if)
     server.shell(name="nginx serves the new config revision", commands=[served_revision_check(settings)],
-                 _if=lambda: stale or any_changed(tree, package, drop_in, *certificate)())
+                 _if=check_if)

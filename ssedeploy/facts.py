@@ -27,18 +27,19 @@ def revision_request(port: int) -> str:
     )
 
 
-class ServedRevision(FactBase):
-    """The config revision nginx's workers serve on the loopback revision port; None if nothing answers.
+class NginxRevisions(FactBase):
+    """``{"live": revision of the files in /etc/nginx, "served": revision nginx's workers serve}``, None
+    where unknown. They differ when a run died between putting a config live and reloading."""
 
-    Differs from the one on disk when a run died between putting a config live and reloading.
-    """
-
-    def command(self, port: int) -> str:
-        return f"{revision_request(port)} | tail -n 1 || true"
+    def command(self, port: int, state_dir: str) -> str:
+        return (
+            f'printf "live %s\\n" "$(cat {state_dir}/revision 2>/dev/null)"; '
+            f'printf "served %s\\n" "$({revision_request(port)} | tail -n 1)"'
+        )
 
     def process(self, output):
-        value = "".join(output).strip()
-        return value if re.fullmatch(r"[0-9a-f]{16}", value) else None
+        found = {key: value.strip() for key, _, value in (line.partition(" ") for line in output)}
+        return {k: found[k] if re.fullmatch(r"[0-9a-f]{16}", found.get(k, "")) else None for k in ("live", "served")}
 
 
 class NofileHardLimit(FactBase):

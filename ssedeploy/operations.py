@@ -34,12 +34,6 @@ def host_limits(settings: Settings) -> nginx.Limits:
     return nginx.limits(settings, host.get_fact(CpuCount), host.get_fact(NofileHardLimit))
 
 
-def desired_tree(settings: Settings) -> tuple[dict[str, str], str]:
-    """The files and revision this host's nginx should run, rendered for its nginx version and limits."""
-    version = host.get_fact(NginxVersion) or settings.nginx.version
-    return nginx.render_tree(settings, version, host_limits(settings))
-
-
 @operation()
 def nginx_config(settings: Settings, state_dir: str = "/var/lib/ssedeploy/nginx"):
     """
@@ -59,7 +53,8 @@ def nginx_config(settings: Settings, state_dir: str = "/var/lib/ssedeploy/nginx"
 
         nginx_config(name="nginx config", settings=settings)
     """
-    files, revision = desired_tree(settings)
+    version = host.get_fact(NginxVersion) or settings.nginx.version
+    files, revision = nginx.render_tree(settings, version, host_limits(settings))
     want = {f"{LIVE}/{rel}": ("F", hashlib.sha256(text.encode()).hexdigest()) for rel, text in files.items()}
     want |= {f"{LIVE}/{rel}": ("L", target) for rel, target in nginx.LINKS.items()}
     want |= {f"{LIVE}/{rel}": None for rel in nginx.REMOVED}

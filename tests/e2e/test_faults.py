@@ -14,7 +14,7 @@ import pytest
 from ssedeploy.deploy_lock import DEAD_AFTER, LEASE
 from ssedeploy.probe import probe
 
-from .helpers import booted, deploy_with, host_of, operation_results, start_deploy
+from .helpers import booted, deploy_with, host_of, operation_results, ssedeploy, start_deploy, write_inventory
 from .streams import consecutive, crowd, follow
 
 FAULT = "e2e-fault"
@@ -290,6 +290,9 @@ def test_a_run_killed_between_config_swap_and_reload_is_finished_by_the_next(fle
     killed_at(start_deploy(change, tmp_path, FAULT, limit=info["name"]),
               "--> Starting operation: nginx | nginx is running and enabled")
     assert served_revision(host) == before != recorded_revision(host), "not the state a dead run leaves"
+    drift = ssedeploy("drift", str(write_inventory(change, tmp_path, FAULT)), "--limit", info["name"],
+                      instance=FAULT, check=False)
+    assert drift.returncode == 1 and "Reload nginx gracefully" in drift.stdout, drift.stdout + drift.stderr
 
     again = deploy_with(change, tmp_path, FAULT, limit=info["name"])
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
