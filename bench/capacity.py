@@ -174,13 +174,7 @@ def main() -> None:
     markdown, data = report(rows, facts, hold)
     data["wall_s"] = round(time.monotonic() - started, 1)
     subtitle = f"{facts['nproc']} cores, nginx {facts.get('nginx')}, Node {facts.get('node')}, {facts['date']}"
-    common.write_outputs(stem, markdown + f"\n\n![capacity]({stem}.png)", data)
-    plots.capacity(rows, CASES, common.DOCS / f"{stem}.png", subtitle)
-    if stem == "capacity":
-        common.write_readme("capacity", markdown + f"\n\n![capacity](docs/benchmarks/{stem}.png)")
-    print(markdown)
-    common.log(f"capacity benchmark done in {data['wall_s']:.0f} s; wrote docs/benchmarks/{stem}.{{md,json,png}}"
-               + (" and README.md" if stem == "capacity" else ""))
+    common.publish(stem, "capacity", markdown, data, lambda png: plots.capacity(rows, CASES, png, subtitle))
 
 
 if __name__ == "__main__":

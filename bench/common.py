@@ -130,10 +130,18 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def write_outputs(stem: str, markdown: str, data: dict) -> None:
+def publish(stem: str, full: str, markdown: str, data: dict, plot) -> None:
+    """Write docs/benchmarks/STEM.{md,json,png} (`plot(path)` draws the PNG) and print the table; the full
+    run (STEM == FULL) also puts it between README.md's `bench:FULL` markers."""
     DOCS.mkdir(parents=True, exist_ok=True)
-    (DOCS / f"{stem}.md").write_text(markdown + "\n")
+    (DOCS / f"{stem}.md").write_text(markdown + f"\n\n![{full}]({stem}.png)\n")
     (DOCS / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    plot(DOCS / f"{stem}.png")
+    if stem == full:
+        write_readme(full, markdown + f"\n\n![{full}](docs/benchmarks/{stem}.png)")
+    print(markdown)
+    log(f"{full} benchmark done in {data['wall_s']:.0f} s; wrote docs/benchmarks/{stem}.{{md,json,png}}"
+        + (" and README.md" if stem == full else ""))
 
 
 def write_readme(marker: str, markdown: str) -> None:

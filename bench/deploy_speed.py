@@ -93,15 +93,10 @@ def main() -> None:
         f"booted host (apt update, Node and nginx installed). {common.machine_line(facts)}",
     ])
     data |= {"machine": facts, "rows": rows, "targets": dict(targets), "wall_s": round(time.monotonic() - started, 1)}
-    common.write_outputs(stem, markdown + f"\n\n![deploy speed]({stem}.png)", data)
     subtitle = f"{facts['nproc']} cores, pyinfra {facts['pyinfra']}, nginx {facts.get('nginx')}, {facts['date']}"
     marks = {"no-op re-run, 1 host": 5.0, "no-op re-run, 5 hosts in parallel": 1.5 * noop1}
-    plots.deploy([(name, s) for name, s, _ in rows], marks, common.DOCS / f"{stem}.png", subtitle)
-    if stem == "deploy":
-        common.write_readme("deploy", markdown + f"\n\n![deploy speed](docs/benchmarks/{stem}.png)")
-    print(markdown)
-    common.log(f"deploy benchmark done in {data['wall_s']:.0f} s; wrote docs/benchmarks/{stem}.{{md,json,png}}"
-               + (" and README.md" if stem == "deploy" else ""))
+    common.publish(stem, "deploy", markdown, data,
+                   lambda png: plots.deploy([(name, s) for name, s, _ in rows], marks, png, subtitle))
 
 
 if __name__ == "__main__":

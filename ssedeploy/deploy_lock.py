@@ -67,9 +67,14 @@ def hold(host, shared: bool = False, wait: float | None = None) -> None:
         return
     transport = host.connector.client.get_transport()
     transport.set_keepalive(KEEPALIVE)
-    transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER * 1000)
+    if hasattr(transport.sock, "setsockopt"):  # not through a ProxyJump: that hop's own keepalives apply
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER * 1000)
 
-    wait = int(os.environ.get("SSEDEPLOY_LOCK_WAIT", 300)) if wait is None else wait
+    if wait is None:
+        value = os.environ.get("SSEDEPLOY_LOCK_WAIT", "300")
+        if not value.isdigit():
+            raise DeployLocked(f"SSEDEPLOY_LOCK_WAIT = {value!r}: must be whole seconds (0 or more)")
+        wait = int(value)
     script = HOLDER.format(lock=LOCK, owner=OWNER, mode="-s" if shared else "-x", wait=wait, busy=BUSY,
                            me=shlex.quote(owner()), lease=LEASE)
     command = f"bash -c {shlex.quote(script)}"

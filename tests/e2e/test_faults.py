@@ -144,7 +144,7 @@ def lock_log(host) -> list[str]:
 def wait_for_lock(host, pid: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(f"taken by root@" in line and f" pid {pid} " in line for line in lock_log(host)):
+        if any("taken by root@" in line and f" pid {pid} " in line for line in lock_log(host)):
             return
         time.sleep(0.2)
     pytest.fail(f"deploy {pid} did not take the lock within {timeout} s")
@@ -161,7 +161,7 @@ def test_two_deploys_at_once_never_interleave(one, tmp_path):
 
     assert first.returncode == 0, out1[-3000:]
     assert second.returncode == 0, out2[-3000:]
-    assert f"waiting up to 300 s for the deploy lock, held by: root@" in out2 and f"pid {first.pid} " in out2
+    assert "waiting up to 300 s for the deploy lock, held by: root@" in out2 and f"pid {first.pid} " in out2
     events = [(kind, pid) for line in lock_log(host) for pid in (first.pid, second.pid)
               if f" pid {pid} " in line for kind in ("taken", "released") if f" {kind} by " in line]
     assert events == [("taken", first.pid), ("released", first.pid), ("taken", second.pid), ("released", second.pid)]
@@ -257,7 +257,7 @@ def test_nginx_t_failing_on_one_host_of_three_leaves_it_on_its_previous_config(f
     log = result.stdout + result.stderr
 
     assert result.returncode != 0
-    assert f'unknown directive "no_such_directive"' in log and "nginx -t failed" in log
+    assert 'unknown directive "no_such_directive"' in log and "nginx -t failed" in log
     failed = [line.split("--> ", 1)[1] for line in log.splitlines() if " FAILED at: " in line]
     assert len(failed) == 1 and failed[0].startswith(f"{bad} FAILED at: ") and "nginx config" in failed[0], failed
     for info, host in fleet:
