@@ -16,7 +16,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -74,15 +73,6 @@ def write_inventory(name: str, path: Path, limit: list[str] | None = None, data:
         f" if {limit!r} is None or n in {limit!r}]\n"
     )
     return path
-
-
-def pyinfra(inventory: Path | str, deploy: str, instance_name: str, env: dict | None = None,
-            timeout: float = 900) -> float:
-    """Run a deploy; return its wall time in seconds (fails loudly with pyinfra's output)."""
-    start = time.monotonic()
-    run(BIN / "pyinfra", "-y", inventory, deploy, env=dict(env or {}, SSEDEPLOY_SANDBOX=instance_name),
-        timeout=timeout)
-    return time.monotonic() - start
 
 
 def ssh_args(host: dict) -> list[str]:

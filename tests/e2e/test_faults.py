@@ -24,10 +24,9 @@ READ_TIMEOUT = 4 * HEARTBEAT  # the derived proxy_read_timeout
 SETTINGS = {"nginx": {"worker_shutdown_timeout": SHUTDOWN}, "app": {"heartbeat_seconds": HEARTBEAT}}
 
 
-def settings(**http) -> dict:
+def settings(extra: list[str] | None = None) -> dict:
     """SETTINGS plus nginx extra_http_directives (a harmless config change when needed)."""
-    nginx = dict(SETTINGS["nginx"], **({"extra_http_directives": http["extra"]} if http else {}))
-    return {**SETTINGS, "nginx": nginx}
+    return {**SETTINGS, "nginx": {**SETTINGS["nginx"], **({"extra_http_directives": extra} if extra else {})}}
 
 
 @pytest.fixture(scope="module")
