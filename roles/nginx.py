@@ -6,6 +6,7 @@ run fails unless the new workers serve the new revision; it is restarted only wh
 its package or its systemd drop-in changed.
 """
 
+import shlex
 from io import StringIO
 
 from pyinfra import host
@@ -16,7 +17,7 @@ from pyinfra.operations.util import any_changed
 
 from roles import APT_LOCK_WAIT
 from ssedeploy import nginx as conf
-from ssedeploy.facts import NginxRevisions, revision_request
+from ssedeploy.facts import NginxDefaultServers, NginxRevisions, revision_request
 from ssedeploy.operations import host_limits, nginx_config
 
 STATE_DIR = "/var/lib/ssedeploy/nginx"
@@ -55,16 +56,31 @@ def tls(settings):
     )]
 
 
+def default_server(settings):
+    """With server_name `_` the site must be nginx's default server: another site that claims it on the
+    same port is named here and the host stops before the swap (nginx -t would refuse both)."""
+    claims = conf.foreign_default_servers(host.get_fact(NginxDefaultServers), settings)
+    if claims:
+        message = (
+            f"host {host.name}: another site is nginx's default server on a port of ssedeploy's site "
+            f"(site.server_names has '_', so ssedeploy's site must be the default): {'; '.join(claims)}. "
+            "Remove default_server from that listen line (or disable that site), or give "
+            "site.server_names the real host names instead of '_'."
+        )
+        server.shell(name="No other site is nginx's default server", commands=[f"echo {shlex.quote(message)} >&2; exit 1"])
+
+
 @deploy("nginx")
 def nginx(settings):
     apt.update(name="apt lists are fresh", cache_time=3600)
     package = apt.packages(name="Install nginx", packages=["nginx"], extra_install_args=APT_LOCK_WAIT)
     drop_in = files.put(
-        name=f"nginx LimitNOFILE drop-in {conf.DROP_IN}", src=StringIO(conf.drop_in(host_limits(settings))),
+        name=f"nginx.service drop-in {conf.DROP_IN}", src=StringIO(conf.drop_in(host_limits(settings))),
         dest=conf.DROP_IN, mode="644",
     )
     systemd.daemon_reload(name="systemd daemon-reload", _if=drop_in.did_change)
     certificate = tls(settings) if settings.site.tls else []
+    default_server(settings)
     tree = nginx_config(name="nginx config (staged, tested, swapped)", settings=settings)
     systemd.service(name="nginx is running and enabled", service="nginx", running=True, enabled=True)
 

@@ -21,14 +21,9 @@ from pathlib import Path
 
 from . import nginx
 from .inventory import inventory_hosts
-from .settings import DATA_KEYS, Settings, SettingsError, parse
+from .settings import Settings, SettingsError, parse
 
 OFFLINE_CPUS = 2
-
-
-def load_hosts(inventory_path: str, limit: list[str] | None = None) -> list[tuple[str, dict]]:
-    """(name, ssedeploy data) of each host in a pyinfra inventory file, without connecting."""
-    return [(name, {key: data.get(key) for key in DATA_KEYS}) for name, data in inventory_hosts(inventory_path, limit)]
 
 
 def write_prefix(root: Path, settings: Settings, files: dict[str, str]) -> Path:
@@ -102,7 +97,7 @@ def local_nginx_test(conf: Path, version: str) -> tuple[list[str], str | None]:
 
 
 def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int:
-    hosts = load_hosts(inventory_path, limit)
+    hosts = inventory_hosts(inventory_path, limit)
     if not hosts:
         out(f"ssedeploy check: no host in {inventory_path}")
         return 1

@@ -7,6 +7,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from . import nginx
+
 
 class NginxVersion(FactBase):
     """The installed nginx's version, e.g. ``"1.22.1"``; None when nginx is not installed."""
@@ -17,6 +19,24 @@ class NginxVersion(FactBase):
     def process(self, output):
         match = re.search(r"nginx/(\d+\.\d+\.\d+)", "\n".join(output))
         return match.group(1) if match else None
+
+
+class NginxDefaultServers(FactBase):
+    """``[(file, port, listen line)]`` for every ``listen ... default_server`` in the sites ssedeploy's
+    nginx.conf includes. Read from the files, not ``nginx -T``: that prints nothing when two sites both
+    claim the default, which is the case to name."""
+
+    def command(self) -> str:
+        globs = " ".join(f"{nginx.LIVE}/{glob}" for glob in nginx.SITE_INCLUDES)
+        return (f'for f in {globs}; do if [ -f "$f" ]; then printf "# configuration file %s:\\n" "$f"; '
+                'cat "$f"; echo; fi; done')
+
+    @staticmethod
+    def default():
+        return []  # no site file at all (a fresh host): no claim
+
+    def process(self, output):
+        return nginx.default_listens("\n".join(output))
 
 
 def revision_request(port: int) -> str:

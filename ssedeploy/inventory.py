@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 
 from . import sandbox
+from .settings import host_data
 
 
 def inventory_hosts(inventory_path: str, limit: list[str] | None = None) -> list[tuple[str, dict]]:
-    """(name, all data: pyinfra's connection data and ssedeploy's settings) of each host, offline.
+    """(name, all data: pyinfra's connection data and ssedeploy's settings, merged per field) of each host,
+    offline.
 
     `limit` takes host or group names, like pyinfra's --limit.
     """
@@ -25,7 +27,7 @@ def inventory_hosts(inventory_path: str, limit: list[str] | None = None) -> list
         for host in inventory:
             if limit and host.name not in limit and not set(host.groups) & set(limit):
                 continue
-            hosts.append((host.name, host.data.dict()))
+            hosts.append((host.name, host_data(host)))
     return hosts
 
 

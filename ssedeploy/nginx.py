@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +18,28 @@ import crossplane
 from .render import render
 from .settings import Settings
 
+LIVE = "/etc/nginx"
 NGINX_CONF = "nginx.conf"
 SITE = "sites-available/ssedeploy.conf"
 SITE_LINK = "sites-enabled/ssedeploy.conf"
 # What ssedeploy owns, relative to /etc/nginx: files it writes, links it makes, links it removes.
 LINKS = {SITE_LINK: "../" + SITE}
+# Where nginx.conf's http block includes sites from, relative to LIVE.
+SITE_INCLUDES = ("conf.d/*.conf", "sites-enabled/*")
 REMOVED = ("sites-enabled/default",)
 TLS_DIR = "/etc/ssl/ssedeploy"
 DROP_IN = "/etc/systemd/system/nginx.service.d/ssedeploy.conf"
+# After a crash systemd starts nginx again this many seconds later (the drop-in's Restart=on-failure).
+RESTART_SECONDS = 1
 MAX_WORKERS_PER_CPU = 4
+# What every SSE location sends upstream (templates/nginx/sse-location.conf.j2; verify checks the live
+# config against it): the forwarding headers, since one proxy_set_header drops every inherited one, and
+# an empty Accept-Encoding so an app that compresses when asked (Express `compression`, Next.js's
+# built-in compression on Pages Router routes) sends the stream uncompressed (playbook row 17).
+SSE_UPSTREAM_HEADERS = {
+    "Connection": "", "Host": "$host", "X-Real-IP": "$remote_addr",
+    "X-Forwarded-For": "$proxy_add_x_forwarded_for", "X-Forwarded-Proto": "$scheme", "Accept-Encoding": "",
+}
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -71,7 +85,7 @@ def render_tree(settings: Settings, version: str, lim: Limits) -> tuple[dict[str
     """The files ssedeploy owns under /etc/nginx, and the revision that identifies them."""
     new_http2 = version_tuple(version) >= (1, 25, 1)  # `http2 on;` replaced `listen ... http2`
     cert, key = tls_paths(settings)
-    conf = render("nginx/nginx.conf.j2", settings=settings, limits=lim)
+    conf = render("nginx/nginx.conf.j2", settings=settings, limits=lim, live=LIVE, includes=SITE_INCLUDES)
     site = render(
         "nginx/site.conf.j2", settings=settings, upstream=upstream_name(settings),
         read_timeout=settings.proxy_read_timeout, new_http2=new_http2, cert=cert, key=key,
@@ -85,7 +99,8 @@ def render_tree(settings: Settings, version: str, lim: Limits) -> tuple[dict[str
 
 
 def drop_in(lim: Limits) -> str:
-    return render("systemd/nginx-limits.conf.j2", limits=lim)
+    """nginx.service's drop-in: the file limit the workers are sized for, and a restart after a crash."""
+    return render("systemd/nginx-service.conf.j2", limits=lim, restart_seconds=RESTART_SECONDS)
 
 
 def parse_dump(dump: str) -> list[dict]:
@@ -104,3 +119,58 @@ def walk(directives: list[dict], parents: tuple = ()):
     for d in directives:
         yield d, parents
         yield from walk(d.get("block", []), (*parents, d))
+
+
+def dump_files(dump: str) -> dict[str, str]:
+    """`nginx -T` output split into the files nginx loaded: path -> text."""
+    files: dict[str, str] = {}
+    current = None
+    for line in dump.splitlines(keepends=True):
+        header = re.fullmatch(r"# configuration file (.+):\n?", line)
+        if header:
+            current = header.group(1)
+            files[current] = ""
+        elif current:
+            files[current] += line
+    return files
+
+
+def listen_port(address: str) -> int | None:
+    """The port of a `listen` address (`80`, `*:80`, `[::]:443`, `10.0.0.1` = 80); None for a unix socket."""
+    if address.startswith("unix:"):
+        return None
+    tail = address.rsplit("]", 1)[-1]
+    if tail.isdigit():
+        return int(tail)
+    return int(tail.rsplit(":", 1)[1]) if ":" in tail and tail.rsplit(":", 1)[1].isdigit() else 80
+
+
+def default_listens(dump: str) -> list[tuple[str, int, str]]:
+    """(file, port, listen line) of every `listen ... default_server` in the files of an `nginx -T` dump."""
+    found = []
+    for path, text in dump_files(dump).items():
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "f.conf").write_text(text)
+            parsed = crossplane.parse(str(Path(tmp, "f.conf")), single=True, check_ctx=False, comments=False)
+        if parsed["status"] != "ok":
+            continue
+        for d, _ in walk(parsed["config"][0]["parsed"]):
+            args = d["args"]
+            if d["directive"] == "listen" and args and {"default_server", "default"} & set(args[1:]):
+                port = listen_port(args[0])
+                if port is not None:
+                    found.append((path, port, " ".join(["listen", *args])))
+    return found
+
+
+def foreign_default_servers(listens: list[tuple[str, int, str]], settings: Settings) -> list[str]:
+    """Other sites' `default_server` claims on the ports where ssedeploy's site must be the default.
+
+    Empty unless the site has server_name `_`. Its own files and the distro's default site (which
+    the deploy removes) do not count.
+    """
+    if not settings.site.default_server:
+        return []
+    ports = {settings.site.listen_port, *([settings.site.tls.port] if settings.site.tls else [])}
+    own = {f"{LIVE}/{rel}" for rel in (SITE, SITE_LINK, *REMOVED)}
+    return [f"{path}: {line}" for path, port, line in listens if port in ports and path not in own]

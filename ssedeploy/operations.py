@@ -15,7 +15,7 @@ from .facts import CpuCount, FileMeta, NginxVersion, NofileHardLimit, PathStates
 from .settings import Settings
 
 SWAP_SCRIPT = Path(__file__).with_name("scripts") / "nginx-swap.sh"
-LIVE = "/etc/nginx"
+LIVE = nginx.LIVE
 
 
 def report_differences(paths: list[str]) -> None:

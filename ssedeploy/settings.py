@@ -5,10 +5,17 @@ pyinfra's connection data (`ssh_*`, `_sudo`, ...) is left alone while a typo ins
 ours is an error. Values that end up inside nginx config are checked against what
 nginx can parse, so nothing a template receives can break out of its directive.
 Every key is documented in the README (Settings).
+
+Layering: pyinfra's data layers (deploy defaults < all < each group in order < host <
+`--data` overrides) are merged per field for these keys, as Ansible users expect: a
+group can set `app.source` while a host sets `app.env`. Dicts merge key by key; lists
+and plain values replace; `None` in a higher layer drops what lower layers set.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -122,6 +129,35 @@ class Site(_Model):
     revision_port: Port = 8573
     extra_directives: list[RawDirectives] = []
 
+    @model_validator(mode="after")
+    def _sse_paths_distinct(self) -> "Site":
+        seen: dict[str, int] = {}
+        for i, path in enumerate(self.sse_paths):
+            loc = ("site", "sse_paths", str(i))
+            if path == "/":
+                # `location /` is the buffered default for pages and assets; a whole-site stream would
+                # turn buffering and gzip off for every response. Streams live under their own prefixes.
+                raise _CrossFieldError(loc, path, "cannot be the whole site: list the URL prefixes that stream "
+                                                  "(e.g. /api/stream); pages and assets stay buffered and gzipped")
+            if path in seen:
+                raise _CrossFieldError(loc, path, f"is listed twice (also site.sse_paths.{seen[path]}): "
+                                                  "each SSE path gets one location")
+            seen[path] = i
+        return self
+
+    @property
+    def default_server(self) -> bool:
+        """With `_` among the names the site answers every request no other server_name claims."""
+        return "_" in self.server_names
+
+    @property
+    def nginx_ports(self) -> dict[int, str]:
+        """Every port nginx listens on for this site -> the setting that chose it."""
+        ports = {self.revision_port: "site.revision_port", self.listen_port: "site.listen_port"}
+        if self.tls:
+            ports[self.tls.port] = "site.tls.port"
+        return ports
+
 
 class Nginx(_Model):
     expected_streams: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -181,6 +217,12 @@ class App(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> "App":
+        if self.system_user == "root":
+            field = "user" if self.user else "name"
+            raise _CrossFieldError(("app", field), getattr(self, field),
+                                   "the app must not run as root: it takes requests from the network, and a hole in "
+                                   "it or its dependencies would own the host; leave app.user unset (a system user "
+                                   "named after app.name is created) or name another user")
         if (self.start == "command") != bool(self.command):
             raise _CrossFieldError(("app", "command"), self.command, "is required with start: command, and only then")
         for field in ("env", "secret_env"):
@@ -197,6 +239,11 @@ class App(_Model):
     def system_user(self) -> str:
         return self.user or self.name
 
+    @property
+    def ports(self) -> list[int]:
+        """Every port an instance of the app listens on."""
+        return [self.port]
+
 
 class Settings(_Model):
     site: Site = Site()
@@ -211,11 +258,21 @@ class Settings(_Model):
                 ("nginx", "proxy_read_timeout"), self.nginx.proxy_read_timeout,
                 f"must be at least 4 x app.heartbeat_seconds ({floor}), or nginx cuts quiet streams",
             )
-        if self.site.revision_port in (self.site.listen_port, self.app.port) or (
-            self.site.tls and self.site.tls.port in (self.site.listen_port, self.site.revision_port)
-        ):
-            raise _CrossFieldError(("site", "revision_port"), self.site.revision_port,
-                                   "must differ from the site's listen, TLS and app ports")
+        site = self.site
+        if site.tls and site.tls.port == site.listen_port:
+            raise _CrossFieldError(("site", "tls", "port"), site.tls.port, "must differ from site.listen_port")
+        if site.revision_port in (site.listen_port, site.tls and site.tls.port):
+            raise _CrossFieldError(("site", "revision_port"), site.revision_port,
+                                   "must differ from the site's listen and TLS ports")
+        for port in self.app.ports:
+            if port in site.nginx_ports:
+                raise _CrossFieldError(("app", "port"), port,
+                                       f"nginx listens on {port} ({site.nginx_ports[port]}): the app needs a port "
+                                       "of its own")
+            if port < 1024:
+                raise _CrossFieldError(("app", "port"), port,
+                                       "must be 1024 or above: the app runs as an unprivileged user without "
+                                       "CAP_NET_BIND_SERVICE (nginx serves the public ports)")
         return self
 
     @property
@@ -228,16 +285,37 @@ class SettingsError(PyinfraError, ValueError):
     """Bad settings; a PyinfraError so pyinfra's CLI prints the message, not a traceback."""
 
 
+def near_miss(key) -> str | None:
+    """The settings key a top-level data key was probably meant to be (`sitee`, `Site`, `ngnix`), else None.
+
+    Other keys belong to pyinfra and to users and stay allowed, so only close calls count: the same
+    word in another case, the same letters in another order, or difflib's similarity of 0.8 or more.
+    """
+    if not isinstance(key, str) or key in DATA_KEYS:
+        return None
+    low = key.lower()
+    for wanted in DATA_KEYS:
+        if low == wanted or sorted(low) == sorted(wanted):
+            return wanted
+    close = difflib.get_close_matches(low, DATA_KEYS, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def parse(data: dict, host_name: str = "?", offline: bool = False) -> Settings:
     """Build Settings from one host's data; errors name host, field, value and what is allowed.
 
+    `data` is the host's whole data (pyinfra's keys included): a top-level key that is a near miss
+    of a settings key is refused rather than silently ignored.
     `offline`: do not require controller-side files (app.source) to exist.
     """
+    lines = [f"host {host_name}: {key} = {data[key]!r}: not a key ssedeploy reads; did you mean `{near_miss(key)}`?"
+             for key in data if near_miss(key)]
+    if lines:
+        raise SettingsError("\n".join(lines))
     raw = {key: data[key] for key in DATA_KEYS if data.get(key) is not None}
     try:
         return Settings.model_validate(raw, context={"offline": offline})
     except ValidationError as exc:
-        lines = []
         for err in exc.errors():
             cause = (err.get("ctx") or {}).get("error")
             if isinstance(cause, _CrossFieldError):
@@ -252,6 +330,37 @@ def parse(data: dict, host_name: str = "?", offline: bool = False) -> Settings:
         raise SettingsError("\n".join(lines)) from None
 
 
+def merge(lower, higher):
+    """`higher` over `lower`: dicts merge key by key, anything else replaces."""
+    if isinstance(lower, dict) and isinstance(higher, dict):
+        out = dict(lower)
+        for key, value in higher.items():
+            out[key] = merge(lower.get(key), value) if key in lower else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(higher)
+
+
+def host_data(host) -> dict:
+    """A pyinfra host's data, with ssedeploy's keys merged per field across every layer.
+
+    pyinfra itself takes a key whole from the highest layer that has it (and merges groups with
+    dict.update), so the layers are read one by one, lowest first, as pyinfra orders them.
+    """
+    inventory = host.inventory
+    layers = [host.get_deploy_data() or {}, inventory.get_data(),
+              *(inventory.get_group_data(group) for group in host.groups),
+              inventory.get_host_data(host.name), inventory.get_override_data()]
+    data = host.data.dict()
+    for key in DATA_KEYS:
+        present = [layer[key] for layer in layers if key in layer]
+        if present:
+            merged = None
+            for value in present:
+                merged = merge(merged, value)
+            data[key] = merged
+    return data
+
+
 def for_host(host, offline: bool = False) -> Settings:
-    """Settings of a pyinfra host (group and host data merged by pyinfra)."""
-    return parse({key: host.data.get(key) for key in DATA_KEYS}, host.name, offline)
+    """Settings of a pyinfra host, its data layers merged per field."""
+    return parse(host_data(host), host.name, offline)

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 
 from ssedeploy.nginx import parse_dump, walk
 from ssedeploy.probe import probe
 from ssedeploy.sse import read_stream
 
-from .helpers import deploy_with, operation_results, pyinfra_deploy
+from .helpers import BIN, REPO, deploy_with, operation_results, pyinfra_deploy, run
+from .streams import consecutive, crowd
 
 RELOAD = "nginx | Reload nginx gracefully"
 RESTART = "nginx | Restart nginx (package or drop-in changed)"
+DEFAULT_CHECK = "nginx | No other site is nginx's default server"
+COMPRESSING_APP = REPO / "tests/e2e/apps/compressing-sse"
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +141,119 @@ def test_removing_an_sse_path_removes_its_location(role, tmp_path):
     assert "^~ /events" in locations(live_tree(host))
     deploy_with({"site": {"sse_paths": ["/api/stream"]}}, tmp_path, instance=instance, check=True)
     assert "^~ /events" not in locations(live_tree(host))
+
+
+def wait_until(condition, seconds: float, what: str, every: float = 0.2):
+    """Poll `condition` until it returns a true value or the deadline passes (then fail naming `what`)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"not within {seconds} s: {what}")
+
+
+def open_streams(host) -> int:
+    return int(host.check_output("ss -Htn state established '( sport = :80 )' | wc -l"))
+
+
+def first_event(address: str):
+    """A stream through nginx read until its first event (None when there was none within 3 s)."""
+    result = read_stream(address, 80, "/api/stream", duration=3, until=lambda r: r.events)
+    return result if result.events else None
+
+
+def test_nginx_killed_comes_back_by_itself_and_streams_resume(role):
+    instance, target, host = role
+    restarts = lambda: int(host.check_output("systemctl show -p NRestarts --value nginx"))  # noqa: E731
+    before, old_master = restarts(), master(host)
+    clients = crowd(10, target["address"], seconds=14)
+    wait_until(lambda: open_streams(host) >= 10, 10, "10 streams open through nginx")
+    # The app ticks each stream a second after it opened: once a later stream has its first event,
+    # every client opened before it has had one too.
+    wait_until(lambda: first_event(target["address"]), 10, "a first event through nginx")
+    host.run_expect([0], "systemctl kill --signal=SIGKILL nginx")  # master and workers, as the OOM killer would
+    killed_at = time.time()
+    back = wait_until(lambda: first_event(target["address"]), 10, "nginx serving again after SIGKILL")
+    results = clients.join()
+
+    assert restarts() == before + 1 and master(host) != old_master, "systemd did not restart nginx"
+    assert back.started_at - killed_at <= 5, f"serving again only {back.started_at - killed_at:.1f} s after the kill"
+    for client in results:
+        answered = [c for c in client.connections if c.result.status]
+        assert {c.result.status for c in answered} == {200}, f"a client got {client.statuses}"
+        assert consecutive(client.ids), f"ids lost or repeated: {client.ids}"
+        cut = [c for c in answered if c.result.started_at < killed_at]
+        resumed = [c for c in answered if c.result.started_at > killed_at and c.result.events]
+        assert cut and cut[-1].result.ids, "a client had no event before the kill"
+        assert resumed and resumed[0].last_event_id == int(cut[-1].result.ids[-1]), \
+            "the client did not resume from its last id after the kill"
+
+
+def test_an_app_that_compresses_when_asked_streams_through_nginx(role, tmp_path):
+    """The app gzips for browsers (no flush per event); group data picks the app, host data turns its
+    compression on: both apply only if the layers merge per field."""
+    instance, target, host = role
+    inventory = tmp_path / "compressing.py"
+    inventory.write_text(
+        "from ssedeploy.inventory import sandbox_hosts\n"
+        f"hosts = ([(n, {{**d, 'app': {{'env': {{'COMPRESS': 'gzip'}}}}}}) for n, d in sandbox_hosts({instance!r})],\n"
+        f"         {{'app': {{'source': {str(COMPRESSING_APP)!r}}}}})\n"
+    )
+    try:
+        run(str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", instance=instance)
+        direct = host.check_output("curl -s -o /dev/null -D - --max-time 2 -H 'Accept-Encoding: gzip, deflate, br' "
+                                   "http://127.0.0.1:3000/api/stream || true")
+        assert "content-encoding: gzip" in direct.lower(), f"the app did not compress when asked:\n{direct}"
+        report = probe(f"http://{target['address']}/api/stream", duration=6, expect_interval=1)
+        assert report.verdict == "streaming" and not report.content_encoding, report.reason
+    finally:
+        pyinfra_deploy(instance=instance)
+
+
+OTHER_SITE = 'server {{ listen 80{flag}; server_name other.test; location / {{ return 200 "other\\n"; }} }}'
+
+
+def put_other_site(host, default: bool) -> None:
+    """A hand-made site that sorts before ssedeploy's in sites-enabled."""
+    text = OTHER_SITE.format(flag=" default_server" if default else "")
+    host.run_expect([0], f"printf '%s\\n' '{text}' > /etc/nginx/sites-available/aaa-other && "
+                         "ln -sfn ../sites-available/aaa-other /etc/nginx/sites-enabled/aaa-other")
+
+
+def get(url: str, host_header: str | None = None) -> str:
+    request = urllib.request.Request(url, headers={"Host": host_header} if host_header else {})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.read().decode()
+
+
+def test_another_default_server_is_named_before_the_swap_and_the_site_stays_the_default(role, tmp_path):
+    instance, target, host = role
+    address = target["address"]
+    try:
+        put_other_site(host, default=True)
+        before = etc_nginx_snapshot(host)
+        backups = host.check_output("ls -1 /var/lib/ssedeploy/nginx/backups")
+        refused = deploy_with({"nginx": {"worker_shutdown_timeout": 62}}, tmp_path, instance=instance)
+        log = refused.stdout + refused.stderr
+        ops = operation_results(log)
+        assert refused.returncode != 0 and ops.get(DEFAULT_CHECK, [""])[-1].startswith("Error"), log[-3000:]
+        assert "/etc/nginx/sites-enabled/aaa-other: listen 80 default_server" in log
+        assert "Remove default_server from that listen line" in log
+        assert host.check_output("ls -1 /var/lib/ssedeploy/nginx/backups") == backups, \
+            "the swap ran (it backs up /etc/nginx first) although another site claims the default server"
+        assert etc_nginx_snapshot(host) == before
+        assert read_stream(address, 80, "/api/stream", duration=1.5).events, "the site stopped streaming"
+
+        put_other_site(host, default=False)
+        deploy_with({"nginx": {"worker_shutdown_timeout": 62}}, tmp_path, instance=instance, check=True)
+        assert get(f"http://{address}/other-page", "other.test") == "other\n"  # the other site still works
+        assert "Server-Sent Events" in get(f"http://{address}/"), "the bare address is not ssedeploy's site"
+        assert "Server-Sent Events" in get(f"http://{address}/", "unknown.test")
+    finally:
+        host.run_expect([0], "rm -f /etc/nginx/sites-enabled/aaa-other /etc/nginx/sites-available/aaa-other "
+                             "&& systemctl reload nginx")
 
 
 def test_tls_with_http2_and_redirects(role, tmp_path):

@@ -106,17 +106,28 @@ def test_wrong_host_key_is_rejected(target, tmp_path):
         impostor.run("true")
 
 
-def test_bad_settings_stop_the_run_before_any_operation(target, tmp_path):
+BAD = [
+    ({"site": {"sse_paths": ["/api/stream;evil"]}}, "site.sse_paths.0 = '/api/stream;evil'"),
+    ({"sitee": {"sse_paths": ["/x"]}}, "sitee = {'sse_paths': ['/x']}: not a key ssedeploy reads; did you mean `site`?"),
+    ({"app": {"port": 80}}, "app.port = 80: nginx listens on 80 (site.listen_port)"),
+    ({"app": {"user": "root"}}, "app.user = 'root': the app must not run as root"),
+    ({"site": {"sse_paths": ["/api/stream", "/api/stream"]}}, "site.sse_paths.1 = '/api/stream': is listed twice"),
+    ({"site": {"sse_paths": ["/"]}}, "site.sse_paths.0 = '/': cannot be the whole site"),
+]
+
+
+@pytest.mark.parametrize("bad,said", BAD, ids=[said.split(":")[0] for _, said in BAD])
+def test_bad_settings_stop_the_run_before_any_operation(target, tmp_path, bad, said):
     inventory = tmp_path / "bad.py"
     inventory.write_text(
         "from ssedeploy.inventory import sandbox_hosts\n"
         f"name, data = sandbox_hosts({INSTANCE!r})[0]\n"
-        "bad = [(name, dict(data, site={'sse_paths': ['/api/stream;evil']}))]\n"
+        f"bad = [(name, dict(data, **{bad!r}))]\n"
     )
     result = run(str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", check=False)
     log = result.stdout + result.stderr
     assert result.returncode == 1
-    assert f"host {target['name']}: site.sse_paths.0 = '/api/stream;evil'" in log
+    assert f"host {target['name']}: {said}" in log, log[-2000:]
     assert "Starting operation" not in log
     assert read_stream(target["address"], 80, "/api/stream", duration=1.5).status == 200
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from ssedeploy.check import lint
-from ssedeploy.nginx import parse_dump
+from ssedeploy.nginx import (LIVE, RESTART_SECONDS, SITE_LINK, SSE_UPSTREAM_HEADERS, default_listens,
+                             foreign_default_servers, parse_dump)
 from ssedeploy.probe import probe
 
 from .conftest import sse_locations
-
-FORWARDED = {"Host": "$host", "X-Real-IP": "$remote_addr", "X-Forwarded-For": "$proxy_add_x_forwarded_for",
-             "X-Forwarded-Proto": "$scheme", "Connection": ""}
 
 
 def live_config(target) -> list[dict]:
@@ -47,10 +47,29 @@ def test_sse_locations_stream_and_nothing_else_is_unbuffered(target):
         for name, value in want.items():
             assert loc.get(name) == value, f"{target.name}: {path}: {name} expected {value}, found {loc.get(name)}"
         headers = {a[0]: a[1] for a in loc.get("proxy_set_header", [])}
-        assert headers == FORWARDED, f"{target.name}: {path}: proxy_set_header expected {FORWARDED}, found {headers}"
+        assert headers == SSE_UPSTREAM_HEADERS, \
+            f"{target.name}: {path}: proxy_set_header expected {SSE_UPSTREAM_HEADERS}, found {headers}"
     sse = {f"^~ {p}" for p in s.site.sse_paths}
     unbuffered = sorted(k for k, v in locations.items() if v.get("proxy_buffering") == [["off"]] and k not in sse)
     assert not unbuffered, f"{target.name}: buffering is off outside the SSE paths: {unbuffered}"
+
+
+def test_nginx_comes_back_by_itself_after_a_crash(target):
+    show = dict(line.split("=", 1) for line in target.host.check_output(
+        "systemctl show nginx -p Restart -p RestartUSec").splitlines())
+    want = {"Restart": "on-failure", "RestartUSec": f"{RESTART_SECONDS}s"}
+    assert show == want, f"{target.name}: nginx.service expected {want}, found {show}"
+
+
+def test_site_is_the_default_server_when_it_answers_any_name(target):
+    s, dump = target.settings, target.host.check_output("nginx -T 2>/dev/null")
+    if not s.site.default_server:
+        pytest.skip(f"{target.name}: site.server_names has no '_': other sites may be the default")
+    ports = {s.site.listen_port, *([s.site.tls.port] if s.site.tls else [])}
+    claimed = {port for path, port, _ in default_listens(dump) if path == f"{LIVE}/{SITE_LINK}"}
+    assert claimed == ports, f"{target.name}: server_name _: default_server expected on {ports}, found on {claimed}"
+    others = foreign_default_servers(default_listens(dump), s)
+    assert not others, f"{target.name}: another site is the default server: {others}"
 
 
 def test_gixy_finds_nothing_in_the_live_config_but_unbuffered_sse_locations(target, tmp_path):

@@ -20,6 +20,8 @@ import pytest
 from ssedeploy.sse import _Blocks, _Chunked, read_stream
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "sse-app" / "server.js"
+# The e2e tests' app that gzips when asked, as compression middleware does.
+COMPRESSING = Path(__file__).resolve().parents[2] / "tests" / "e2e" / "apps" / "compressing-sse" / "server.js"
 INTERVAL_MS = 200
 HEARTBEAT_MS = 500
 NODE = shutil.which("node")
@@ -33,11 +35,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(hostname: str | None = "127.0.0.1", **env: str) -> tuple[subprocess.Popen, int]:
+def start_app(hostname: str | None = "127.0.0.1", app: Path = APP, **env: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if k not in ("HOSTNAME", "INTERVAL_MS", "HEARTBEAT_MS")}
     environ.update(env, PORT=str(port), **({"HOSTNAME": hostname} if hostname else {}))
-    proc = subprocess.Popen([NODE, str(APP)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([NODE, str(app)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -331,3 +333,18 @@ def test_reader_reports_silence_and_garbage_instead_of_raising():
     port, _ = serve_once([HEAD_CHUNKED + b"zz\r\ndata: x\r\n"])
     garbage = read_stream("127.0.0.1", port, duration=2)
     assert garbage.status == 200 and garbage.error.startswith("ValueError")
+
+
+@needs_node
+def test_probe_calls_an_app_that_compresses_buffered_and_the_same_app_asked_for_identity_streaming():
+    """What the SSE location's `Accept-Encoding ""` changes, judged by the probe on loopback."""
+    from ssedeploy.probe import probe
+
+    proc, port = start_app(app=COMPRESSING, COMPRESS="gzip")
+    try:
+        asked = probe(f"http://127.0.0.1:{port}/api/stream", duration=4)
+        identity = probe(f"http://127.0.0.1:{port}/api/stream", duration=8, headers={"Accept-Encoding": "identity"})
+    finally:
+        stop_app(proc)
+    assert (asked.verdict, asked.content_encoding) == ("buffered", "gzip"), asked.reason
+    assert identity.verdict == "streaming" and not identity.content_encoding, identity.reason

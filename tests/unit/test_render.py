@@ -53,14 +53,16 @@ def test_buffering_is_off_in_sse_locations_only(tmp_path):
     assert "proxy_buffering" not in locs["/"]
 
 
-def test_sse_location_repeats_forwarding_headers(tmp_path):
+def test_sse_location_repeats_forwarding_headers_and_asks_for_identity_encoding(tmp_path):
     server = public_server(parsed(tmp_path, {}))
     sse = next(d for d in server if d["directive"] == "location" and d["args"] == ["^~", "/api/stream"])
-    headers = {a[0]: a[1] for a in args_of(sse["block"], "proxy_set_header")}
-    assert headers == {
-        "Connection": "", "Host": "$host", "X-Real-IP": "$remote_addr",
-        "X-Forwarded-For": "$proxy_add_x_forwarded_for", "X-Forwarded-Proto": "$scheme",
-    }
+    headers = [a for a in args_of(sse["block"], "proxy_set_header")]
+    assert len(headers) == len({a[0] for a in headers}), "a header set twice"
+    assert dict(headers) == nginx.SSE_UPSTREAM_HEADERS
+    assert dict(headers)["Accept-Encoding"] == "" and dict(headers)["Host"] == "$host"
+    # pages may still be compressed by the app
+    assert "Accept-Encoding" not in {a[0] for d in server if d["directive"] == "location" and d["args"] == ["/"]
+                                     for a in args_of(d["block"], "proxy_set_header")}
 
 
 def test_retry_fallback_answers_200_event_stream(tmp_path):
@@ -76,7 +78,23 @@ def test_upstream_and_listen_follow_settings(tmp_path):
     assert upstream["args"] == ["web_upstream"]
     assert args_of(upstream["block"], "server") == [["127.0.0.1:4000"]]
     assert args_of(upstream["block"], "keepalive") == [["8"]]
-    assert args_of(public_server(tree), "listen") == [["8080", "reuseport"], ["[::]:8080", "reuseport"]]
+    assert args_of(public_server(tree), "listen") == [["8080", "default_server", "reuseport"],
+                                                      ["[::]:8080", "default_server", "reuseport"]]
+
+
+@pytest.mark.parametrize("names,tls,default", [
+    (["_"], False, True), (["example.com", "_"], True, True), (["example.com"], False, False),
+    (["example.com"], True, False),
+])
+def test_site_is_the_default_server_only_with_server_name_underscore(tmp_path, names, tls, default):
+    tree = parsed(tmp_path, {"site": {"server_names": names, **({"tls": {}} if tls else {})}})
+    public = [s for s in servers(tree) if args_of(s, "server_name")]  # not the loopback revision server
+    assert len(public) == (2 if tls else 1)
+    for server in public:
+        for listen in args_of(server, "listen"):
+            assert ("default_server" in listen) == default, listen
+    revision = next(s for s in servers(tree) if not args_of(s, "server_name"))
+    assert "default_server" not in args_of(revision, "listen")[0]
 
 
 def test_revision_is_served_on_loopback_only_and_tracks_the_config(tmp_path):
@@ -88,10 +106,10 @@ def test_revision_is_served_on_loopback_only_and_tracks_the_config(tmp_path):
 
 
 @pytest.mark.parametrize("version,listen,http2", [
-    ("1.22.1", ["443", "ssl", "http2", "reuseport"], []),
-    ("1.24.0", ["443", "ssl", "http2", "reuseport"], []),
-    ("1.25.1", ["443", "ssl", "reuseport"], [["on"]]),
-    ("1.26.3", ["443", "ssl", "reuseport"], [["on"]]),
+    ("1.22.1", ["443", "ssl", "http2", "default_server", "reuseport"], []),
+    ("1.24.0", ["443", "ssl", "http2", "default_server", "reuseport"], []),
+    ("1.25.1", ["443", "ssl", "default_server", "reuseport"], [["on"]]),
+    ("1.26.3", ["443", "ssl", "default_server", "reuseport"], [["on"]]),
 ])
 def test_tls_http2_syntax_follows_the_nginx_version(tmp_path, version, listen, http2):
     tree = parsed(tmp_path, {"site": {"tls": {}}}, version)
@@ -141,7 +159,7 @@ def test_limits_are_derived_from_expected_streams(streams, cpus, hard, want):
     lim = nginx.limits(parse({"nginx": {"expected_streams": streams}}), cpus, hard)
     assert (lim.workers, lim.worker_connections, lim.worker_rlimit_nofile, lim.streams) == want
     assert lim.worker_rlimit_nofile >= 2 * lim.worker_connections or lim.worker_rlimit_nofile == hard
-    assert nginx.drop_in(lim).splitlines()[-1] == f"LimitNOFILE={lim.worker_rlimit_nofile}"
+    assert f"LimitNOFILE={lim.worker_rlimit_nofile}" in nginx.drop_in(lim).splitlines()
 
 
 def test_app_unit_binds_loopback_stops_fast_and_keeps_secrets_out():
@@ -168,3 +186,64 @@ def test_app_unit_binds_loopback_stops_fast_and_keeps_secrets_out():
 def test_app_start_modes(start, command, want):
     app = {"start": start, **({"command": command} if command else {})}
     assert f"ExecStart={want}" in unit(parse({"app": app}), 1024).splitlines()
+
+
+def test_nginx_drop_in_restarts_after_a_crash_and_carries_the_file_limit():
+    text = nginx.drop_in(LIMITS)
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert lines == ["[Service]", "LimitNOFILE=30000", "Restart=on-failure", f"RestartSec={nginx.RESTART_SECONDS}"]
+
+
+DUMP = """# configuration file /etc/nginx/nginx.conf:
+http {
+    include /etc/nginx/sites-enabled/*;
+}
+
+# configuration file /etc/nginx/sites-enabled/other:
+server {
+    listen 80 default_server;
+    listen [::]:80 default_server ipv6only=on;
+    server_name other.example;
+}
+server { listen 10.0.0.1:8080 default; }
+server { listen 443 ssl; listen unix:/run/x.sock default_server; }
+
+# configuration file /etc/nginx/sites-enabled/ssedeploy.conf:
+server {
+    listen 80 default_server reuseport;
+    location ^~ /a { return 200 "x;}"; }
+}
+
+# configuration file /etc/nginx/sites-enabled/default:
+server { listen 80 default_server; }
+"""
+
+
+def test_default_listens_reads_every_file_of_an_nginx_T_dump():
+    assert nginx.default_listens(DUMP) == [
+        ("/etc/nginx/sites-enabled/other", 80, "listen 80 default_server"),
+        ("/etc/nginx/sites-enabled/other", 80, "listen [::]:80 default_server ipv6only=on"),
+        ("/etc/nginx/sites-enabled/other", 8080, "listen 10.0.0.1:8080 default"),
+        ("/etc/nginx/sites-enabled/ssedeploy.conf", 80, "listen 80 default_server reuseport"),
+        ("/etc/nginx/sites-enabled/default", 80, "listen 80 default_server"),
+    ]
+
+
+@pytest.mark.parametrize("address,port", [
+    ("80", 80), ("*:8080", 8080), ("[::]:443", 443), ("[::1]", 80), ("10.0.0.1", 80), ("10.0.0.1:81", 81),
+    ("localhost:8000", 8000), ("unix:/run/x.sock", None),
+])
+def test_listen_port(address, port):
+    assert nginx.listen_port(address) == port
+
+
+@pytest.mark.parametrize("data,want", [
+    ({}, ["/etc/nginx/sites-enabled/other: listen 80 default_server",
+          "/etc/nginx/sites-enabled/other: listen [::]:80 default_server ipv6only=on"]),
+    ({"site": {"listen_port": 8080}}, ["/etc/nginx/sites-enabled/other: listen 10.0.0.1:8080 default"]),
+    ({"site": {"listen_port": 8081}}, []),
+    ({"site": {"server_names": ["example.com"]}}, []),  # not the default server: others may be
+    ({"site": {"listen_port": 8081, "tls": {"port": 8080}}}, ["/etc/nginx/sites-enabled/other: listen 10.0.0.1:8080 default"]),
+])
+def test_foreign_default_servers(data, want):
+    assert nginx.foreign_default_servers(nginx.default_listens(DUMP), parse(data)) == want

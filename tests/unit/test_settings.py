@@ -1,6 +1,8 @@
 import pytest
 
-from ssedeploy.settings import SettingsError, parse
+from ssedeploy.check import check
+from ssedeploy.inventory import inventory_hosts
+from ssedeploy.settings import SettingsError, merge, near_miss, parse
 
 
 def test_defaults_are_production_ready():
@@ -39,3 +41,107 @@ def test_server_names_accepted(name):
 def test_server_names_rejected(name):
     with pytest.raises(SettingsError, match="site.server_names.0"):
         parse({"site": {"server_names": [name]}})
+
+
+# -- refusals: each names host, field, value and what is allowed ---------------------------------
+
+REFUSED = [
+    # (data, field = value, words of the explanation)
+    ({"app": {"port": 80}}, "app.port = 80", "nginx listens on 80 (site.listen_port)"),
+    ({"app": {"port": 443}, "site": {"tls": {}}}, "app.port = 443", "nginx listens on 443 (site.tls.port)"),
+    ({"app": {"port": 8443}, "site": {"tls": {"port": 8443}}}, "app.port = 8443", "site.tls.port"),
+    ({"app": {"port": 8573}}, "app.port = 8573", "site.revision_port"),
+    ({"app": {"port": 9000}, "site": {"revision_port": 9000}}, "app.port = 9000", "site.revision_port"),
+    ({"app": {"port": 8080}, "site": {"listen_port": 8080}}, "app.port = 8080", "site.listen_port"),
+    ({"app": {"port": 81}}, "app.port = 81", "1024 or above"),
+    ({"app": {"user": "root"}}, "app.user = 'root'", "must not run as root"),
+    ({"app": {"name": "root"}}, "app.name = 'root'", "must not run as root"),
+    ({"site": {"sse_paths": ["/a", "/b", "/a"]}}, "site.sse_paths.2 = '/a'", "listed twice (also site.sse_paths.0)"),
+    ({"site": {"sse_paths": ["/"]}}, "site.sse_paths.0 = '/'", "cannot be the whole site"),
+    ({"site": {"listen_port": 443, "tls": {}}}, "site.tls.port = 443", "must differ from site.listen_port"),
+    ({"site": {"revision_port": 80}}, "site.revision_port = 80", "must differ"),
+    ({"sitee": {"sse_paths": ["/x"]}}, "sitee = {'sse_paths': ['/x']}", "did you mean `site`?"),
+    ({"Site": {}}, "Site = {}", "did you mean `site`?"),
+    ({"ngnix": {}}, "ngnix = {}", "did you mean `nginx`?"),
+    ({"apps": {}}, "apps = {}", "did you mean `app`?"),
+    ({"APP": {}}, "APP = {}", "did you mean `app`?"),
+]
+
+
+@pytest.mark.parametrize("data,where,why", REFUSED, ids=[r[1] for r in REFUSED])
+def test_refused_before_any_host_is_touched(data, where, why):
+    with pytest.raises(SettingsError) as err:
+        parse(data, "web-1")
+    assert f"host web-1: {where}: " in str(err.value) and why in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("data", [
+    {"app": {"port": 3000}, "ssh_user": "deploy", "_sudo": True, "api": {}, "size": 3, "apt": 1, "stage": "x"},
+    {"app": {"port": 1024, "user": "web"}, "site": {"sse_paths": ["/events", "/events/live"]}},
+    {"app": {"port": 8443}, "site": {"tls": {}}, "ssl": {}},
+    {"app": {"port": 8573}, "site": {"listen_port": 8080, "revision_port": 8081}},
+])
+def test_other_top_level_keys_and_distinct_ports_are_accepted(data):
+    parse(data, "web-1")
+
+
+@pytest.mark.parametrize("key,want", [
+    ("site", None), ("sitee", "site"), ("sites", "site"), ("siet", "site"), ("SITE", "site"), ("ngnix", "nginx"),
+    ("nginxx", "nginx"), ("ap", "app"), ("App", "app"), ("ssh_user", None), ("_sudo", None), ("api", None),
+    ("apt", None), ("size", None), ("stage", None), ("name", None), (3, None),
+])
+def test_near_miss(key, want):
+    assert near_miss(key) == want
+
+
+# -- layering: pyinfra's data layers merge per field ---------------------------------------------
+
+def test_merge_dicts_per_key_lists_and_values_replace():
+    low = {"source": "a", "env": {"A": "1", "B": "2"}, "tls": {"mode": "files"}, "paths": ["/a"]}
+    high = {"env": {"B": "3"}, "paths": ["/b"], "tls": None}
+    assert merge(low, high) == {"source": "a", "env": {"A": "1", "B": "3"}, "tls": None, "paths": ["/b"]}
+    assert low["env"] == {"A": "1", "B": "2"}  # inputs untouched
+
+
+def test_inventory_layers_merge_per_field(tmp_path):
+    """A real pyinfra inventory file: group data and host data each set part of `app` and `site`."""
+    app_dir = tmp_path / "built"
+    app_dir.mkdir()
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data" / "all.py").write_text('nginx = {"worker_shutdown_timeout": 30}\n')
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        "web = (\n"
+        "    [('web-1', {'app': {'env': {'FEATURE': 'on'}}, 'site': {'sse_paths': ['/events']}}),\n"
+        "     ('web-2', {'nginx': {'expected_streams': 500}})],\n"
+        f"    {{'app': {{'source': {str(app_dir)!r}, 'env': {{'REGION': 'eu'}}}}, 'site': {{'server_names': ['example.com']}}}},\n"
+        ")\n"
+        "canary = (['web-2'], {'app': {'heartbeat_seconds': 5}})\n"
+    )
+    hosts = dict(inventory_hosts(str(inventory)))
+    one, two = parse(hosts["web-1"], "web-1"), parse(hosts["web-2"], "web-2")
+    assert one.app.source == str(app_dir) and one.app.env == {"REGION": "eu", "FEATURE": "on"}
+    assert one.site.server_names == ["example.com"] and one.site.sse_paths == ["/events"]
+    assert two.app.source == str(app_dir) and two.app.heartbeat_seconds == 5 and two.app.env == {"REGION": "eu"}
+    assert two.nginx.expected_streams == 500
+    assert one.nginx.worker_shutdown_timeout == two.nginx.worker_shutdown_timeout == 30  # group_data/all.py
+
+
+def test_sandbox_style_host_settings_survive_an_inventory_that_adds_its_own(tmp_path, monkeypatch):
+    """sandbox_hosts() entries may carry settings; an inventory's group dicts on top do not drop them."""
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        "hosts = ([('h-1', {'ssh_hostname': '198.18.0.2', 'app': {'env': {'FROM_SANDBOX': '1'}}})],\n"
+        "         {'app': {'name': 'web', 'env': {'FROM_GROUP': '1'}}})\n"
+    )
+    data = dict(inventory_hosts(str(inventory)))["h-1"]
+    assert parse(data, "h-1", offline=True).app.env == {"FROM_SANDBOX": "1", "FROM_GROUP": "1"}
+    assert data["ssh_hostname"] == "198.18.0.2"  # pyinfra's own keys untouched
+
+
+def test_check_refuses_a_near_miss_key_in_an_inventory(tmp_path, capsys):
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text("hosts = [('web-1', {'sitee': {'sse_paths': ['/x']}})]\n")
+    assert check(str(inventory)) == 1
+    assert "host web-1: sitee = {'sse_paths': ['/x']}: not a key ssedeploy reads; did you mean `site`?" in \
+        capsys.readouterr().out

@@ -30,8 +30,12 @@ def test_sse_paths_with_a_forbidden_character_are_rejected(prefix, bad, suffix):
 
 
 @given(st.text(alphabet=string.ascii_letters + string.digits + "/-_.~", max_size=30))
-def test_plain_paths_are_accepted(rest):
-    assert rejected({"site": {"sse_paths": ["/" + rest]}}) is None
+def test_plain_paths_are_accepted_but_not_the_whole_site(rest):
+    msg = rejected({"site": {"sse_paths": ["/" + rest]}})
+    if rest:
+        assert msg is None
+    else:
+        assert msg and "site.sse_paths.0 = '/': cannot be the whole site" in msg
 
 
 @given(name=st.text(min_size=1, max_size=20), bad=st.sampled_from(FORBIDDEN))
@@ -66,3 +70,54 @@ def test_raw_directives_need_balanced_braces(raw):
     msg = rejected({"site": {"extra_directives": [raw]}})
     if raw.count("{") != raw.count("}"):
         assert msg and "site.extra_directives.0" in msg
+
+
+@given(listen=st.integers(1024, 65535), revision=st.integers(1024, 65535), tls=st.none() | st.integers(1024, 65535),
+       app=st.integers(1, 65535))
+def test_an_app_port_nginx_listens_on_is_refused(listen, revision, tls, app):
+    data = {"site": {"listen_port": listen, "revision_port": revision, **({"tls": {"port": tls}} if tls else {})},
+            "app": {"port": app}}
+    msg = rejected(data)
+    if len({listen, revision, tls} - {None}) < (3 if tls else 2):
+        assert msg  # nginx's own ports clash
+    elif app in (listen, revision, tls):
+        assert msg and f"app.port = {app}: nginx listens on {app}" in msg
+    elif app < 1024:
+        assert msg and f"app.port = {app}" in msg and "1024" in msg
+    else:
+        assert msg is None
+
+
+@given(paths=st.lists(st.sampled_from(["/a", "/b", "/api/stream", "/a/b"]), min_size=1, max_size=6))
+def test_duplicate_sse_paths_are_refused_naming_both(paths):
+    msg = rejected({"site": {"sse_paths": paths}})
+    dupes = [i for i, p in enumerate(paths) if p in paths[:i]]
+    if dupes:
+        first = dupes[0]
+        assert msg and f"site.sse_paths.{first} = {paths[first]!r}" in msg
+        assert f"also site.sse_paths.{paths.index(paths[first])}" in msg
+    else:
+        assert msg is None
+
+
+@given(key=st.sampled_from(["site", "nginx", "app"]), edit=st.sampled_from(["upper", "double", "drop", "swap"]))
+def test_near_misses_of_settings_keys_are_refused(key, edit):
+    typo = {"upper": key.upper(), "double": key + key[-1], "drop": key[:-1], "swap": key[1] + key[0] + key[2:]}[edit]
+    msg = rejected({typo: {}})
+    assert msg and f"host h: {typo} = {{}}: " in msg and f"did you mean `{key}`" in msg
+
+
+@given(key=st.text(alphabet=string.ascii_lowercase + "_", min_size=1, max_size=12))
+def test_other_top_level_keys_pass_unless_a_near_miss(key):
+    from ssedeploy.settings import near_miss
+
+    msg = rejected({key: 1}) if key not in ("site", "nginx", "app") else None
+    assert (msg is not None) == bool(near_miss(key))
+
+
+@given(name=st.sampled_from(["root", "web"]), user=st.sampled_from([None, "root", "svc"]))
+def test_the_app_never_runs_as_root(name, user):
+    msg = rejected({"app": {"name": name, **({"user": user} if user else {})}})
+    assert (msg is not None) == ((user or name) == "root")
+    if msg:
+        assert "must not run as root" in msg
