@@ -10,6 +10,7 @@ would collide.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,26 @@ def write_host_files(
     return f"{keytype} {keydata}"
 
 
+# The open-files limits a systemd server starts its services with (soft:hard, systemd's default), given
+# to the container instead of this machine's own: ssedeploy sizes nginx under the host's hard limit, so
+# a sandbox must have a real server's to derive what a real server gets. Raising a hard limit needs
+# CAP_SYS_RESOURCE, which some machines withhold even from root (this project's CI machine: setrlimit
+# gives EPERM above its 20000); there the hosts keep the machine's limit and `up` says so.
+NOFILE = (1024, 524288)
+
+
+def server_nofile() -> bool:
+    """Give this process (and so every nspawn it starts) a server's open-files limits; False if not allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard >= NOFILE[1]:
+        return True
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, NOFILE[0]), NOFILE[1]))
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def boot(instance: str, host: str, root: Path, bridge: str, log_path: Path) -> int:
     """Start `systemd-nspawn --boot` detached, from the host's own cgroups; returns its PID."""
     cgroups = cgroup_dirs(instance, host)
@@ -99,6 +120,7 @@ def boot(instance: str, host: str, root: Path, bridge: str, log_path: Path) -> i
         "--register=no", "--keep-unit",  # there is no system bus on the machine
         f"--network-bridge={bridge}",
         "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
+        f"--rlimit=NOFILE={NOFILE[0]}:{NOFILE[1]}",
     ]
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -193,6 +194,10 @@ def up(instance: str, count: int = 1, distro_key: str = "debian12", log=print) -
     key = ensure_key(state)
     pubkey = key.with_suffix(".pub").read_text()
     known = _read_known_hosts(state / "known_hosts", {h.address for h in rec.hosts})
+    if count > len(rec.hosts) and not hosts.server_nofile():
+        log(f"NOTE: this machine does not let root raise the open-files hard limit (no CAP_SYS_RESOURCE): "
+            f"hosts get its {resource.getrlimit(resource.RLIMIT_NOFILE)[1]} instead of a server's {hosts.NOFILE[1]}, "
+            "so nginx is sized for that limit here")
     new_hosts = []
     taken = {h.name for h in rec.hosts}
     for i in range(1, count + 1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -76,6 +77,14 @@ def test_each_host_runs_systemd_and_checks_in_as_a_sudo_user(life):
         assert host.check_output("id -un") == "root"  # through sudo
         assert host.check_output("hostname") == h["name"]
         assert host.file("/etc/resolv.conf").content_string.strip() == ""  # no resolver handed out
+
+
+def test_hosts_get_a_servers_open_files_limit_or_up_says_why_not(life):
+    allowed = sandbox_hosts.server_nofile()  # what this machine lets root do
+    want = sandbox_hosts.NOFILE[1] if allowed else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    for h in status():
+        limits = host_of(h).check_output("grep '^Max open files' /proc/1/limits").split()
+        assert int(limits[4]) == want, f"{h['name']}: PID 1 may open {limits[4]} files, expected {want}"
 
 
 def test_sandbox_ssh_runs_a_command_on_the_named_host(life):

