@@ -12,13 +12,13 @@ from pyinfra import host, inventory
 from roles.app import DRIFT, app
 from roles.nginx import nginx
 from ssedeploy.deploy_lock import hold
-from ssedeploy.run_summary import report_failed_hosts
+from ssedeploy.run_results import record_run
 from ssedeploy.settings import for_host
 
 for other in inventory:
     for_host(other, offline=DRIFT)
 settings = for_host(host, offline=DRIFT)
-report_failed_hosts(host.state)
+record_run(host.state)
 hold(host, shared=DRIFT)
 
 app(settings)

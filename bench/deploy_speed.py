@@ -12,13 +12,13 @@ figure is the median of 3 runs, noted if pyinfra reported any change in them.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from bench import common, plots
+from ssedeploy import run_results
 
 INSTANCE = "benchd"
 NOOP_RUNS = 3
@@ -26,14 +26,17 @@ SANDBOX_INVENTORY = "inventories/sandbox.py"
 
 
 def deploy(inventory: str | Path) -> tuple[float, int]:
-    """Run deploy.py; (seconds, operations that changed something) from pyinfra's Grand total line."""
-    start = time.monotonic()
-    out = common.run(common.BIN / "pyinfra", "-y", inventory, "deploy.py",
-                     env={"SSEDEPLOY_SANDBOX": INSTANCE}, timeout=900)
-    seconds = time.monotonic() - start
-    total = re.search(r"Grand total\s+(\d+)\s+(\d+|-)", out.stdout + out.stderr)
-    changed = int(total.group(2)) if total and total.group(2) != "-" else 0
-    return seconds, changed
+    """Run deploy.py; (seconds, operations that changed something, over all hosts) from the run's results."""
+    with tempfile.TemporaryDirectory(prefix="ssedeploy-benchd-results-") as tmp:
+        path = Path(tmp) / "results.json"
+        start = time.monotonic()
+        common.run(common.BIN / "pyinfra", "-y", inventory, "deploy.py",
+                   env={"SSEDEPLOY_SANDBOX": INSTANCE, "SSEDEPLOY_RESULTS": str(path)}, timeout=900)
+        seconds = time.monotonic() - start
+        results = run_results.load(path)  # raises if the run wrote none: no figure without knowing what changed
+    if not results["hosts"]:
+        raise RuntimeError(f"{inventory}: the deploy's results list no host")
+    return seconds, len(run_results.changes(results))
 
 
 def noop(inventory: str | Path, label: str) -> tuple[float, list[float], str]:

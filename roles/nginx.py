@@ -3,33 +3,75 @@
 The config goes live only through `nginx_config` (staged, swapped, tested, restored
 on failure). nginx is reloaded once per run and only when something changed, and the
 run fails unless the new workers serve the new revision; it is restarted only when
-its package or its systemd drop-in changed.
+its package or its systemd drop-in changed. Which of these a run does is `plan`, a pure
+function of what changed and the revisions read from the host.
 """
 
+from __future__ import annotations
+
 import shlex
+from dataclasses import dataclass
+from enum import Enum
 from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from roles import APT_LOCK_WAIT
 from ssedeploy import nginx as conf
 from ssedeploy.facts import NginxDefaultServers, NginxRevisions, revision_request
-from ssedeploy.operations import host_limits, nginx_config
+from ssedeploy.operations import SCRIPTS, host_limits, nginx_config
+from ssedeploy.paths import NGINX_STATE as STATE_DIR
 
-STATE_DIR = "/var/lib/ssedeploy/nginx"
+ROLE = "nginx"  # the @deploy's name: pyinfra reports each operation below as "nginx | <name>"
+# Operations the tests and `drift` look for, by name.
+DEFAULT_CHECK = "No other site is nginx's default server"
+TREE = "nginx config (staged, tested, swapped)"
+RUNNING = "nginx is running and enabled"
+RESTART = "Restart nginx (package or drop-in changed)"
+RELOAD = "Reload nginx gracefully"
+REVISION_CHECK = "nginx serves the new config revision"
 
 
-def served_revision_check(settings) -> str:
-    """Poll the loopback revision until nginx serves the one the swap recorded (reloads are asynchronous)."""
-    return (
-        f"want=$(cat {STATE_DIR}/revision); for i in $(seq 100); do "
-        f'{revision_request(settings.site.revision_port)} | grep -qx "$want" && exit 0; sleep 0.1; done; '
-        'echo "nginx does not serve config revision $want 10 s after the reload" >&2; exit 1'
-    )
+def reported(name: str) -> str:
+    """An operation's name as pyinfra reports it (log, results): prefixed by the @deploy's name."""
+    return f"{ROLE} | {name}"
+
+
+class Action(Enum):
+    NOTHING = "nothing"
+    RESTART = "restart"    # a new binary or new file limits need a new master process
+    RELOAD = "reload"      # new config or certificate: new workers, old ones finish their streams
+    CONVERGE = "converge"  # nothing changed, but nginx serves an older revision than the live files
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Action
+    check_revision: bool  # afterwards, wait until nginx serves the live revision (or fail the run)
+
+
+def plan(*, package: bool, drop_in: bool, tree: bool, certificate: bool, live: str | None,
+         served: str | None) -> Plan:
+    """What nginx needs, from what this run changed (package, systemd drop-in, config tree, certificate)
+    and the revisions read before it: of the live files, and the one nginx serves (None: unknown)."""
+    if package or drop_in:
+        return Plan(Action.RESTART, check_revision=True)  # a new master loads the live tree too
+    if tree or certificate:
+        return Plan(Action.RELOAD, check_revision=True)
+    if live is not None and served != live:
+        # A run died between putting a config live and reloading: finish it though no file changes.
+        return Plan(Action.CONVERGE, check_revision=True)
+    return Plan(Action.NOTHING, check_revision=False)
+
+
+def served_revision_check(settings, timeout: int = 10, state_dir: str = STATE_DIR) -> str:
+    """Poll the loopback revision until nginx serves the one the swap recorded (reloads are asynchronous):
+    scripts/revision-wait.sh inlined with its arguments, as server.shell runs it."""
+    return shlex.join(["sh", "-c", (SCRIPTS / "revision-wait.sh").read_text(), "revision-wait",
+                       f"{state_dir}/revision", str(timeout), revision_request(settings.site.revision_port)])
 
 
 def tls(settings):
@@ -67,10 +109,10 @@ def default_server(settings):
             "Remove default_server from that listen line (or disable that site), or give "
             "site.server_names the real host names instead of '_'."
         )
-        server.shell(name="No other site is nginx's default server", commands=[f"echo {shlex.quote(message)} >&2; exit 1"])
+        server.shell(name=DEFAULT_CHECK, commands=[f"echo {shlex.quote(message)} >&2; exit 1"])
 
 
-@deploy("nginx")
+@deploy(ROLE)
 def nginx(settings):
     apt.update(name="apt lists are fresh", cache_time=3600)
     package = apt.packages(name="Install nginx", packages=["nginx"], extra_install_args=APT_LOCK_WAIT)
@@ -81,21 +123,23 @@ def nginx(settings):
     systemd.daemon_reload(name="systemd daemon-reload", _if=drop_in.did_change)
     certificate = tls(settings) if settings.site.tls else []
     default_server(settings)
-    tree = nginx_config(name="nginx config (staged, tested, swapped)", settings=settings)
-    systemd.service(name="nginx is running and enabled", service="nginx", running=True, enabled=True)
+    tree = nginx_config(name=TREE, settings=settings)
+    systemd.service(name=RUNNING, service="nginx", running=True, enabled=True)
 
-    # A run that died between putting a config live and reloading leaves nginx on the old one: the
-    # next run reloads though no file changes, unconditionally so that `drift` reports it too.
     revisions = host.get_fact(NginxRevisions, port=settings.site.revision_port, state_dir=STATE_DIR)
-    pending = revisions["live"] is not None and revisions["served"] != revisions["live"]
-    restart = any_changed(package, drop_in)
-    systemd.service(name="Restart nginx (package or drop-in changed)", service="nginx", restarted=True,
-                    _if=restart)
-    if pending and not (package.will_change or drop_in.will_change):
-        reload_if, check_if = None, None
-    else:
-        reload_if = [any_changed(tree, *certificate), lambda: not restart()]
-        check_if = any_changed(tree, package, drop_in, *certificate)
-    systemd.service(name="Reload nginx gracefully", service="nginx", reloaded=True, _if=reload_if)
-    server.shell(name="nginx serves the new config revision", commands=[served_revision_check(settings)],
-                 _if=check_if)
+
+    def decide(changed) -> Plan:
+        return plan(package=changed(package), drop_in=changed(drop_in), tree=changed(tree),
+                    certificate=any(changed(op) for op in certificate), **revisions)
+
+    def at_run() -> Plan:  # what the operations above did, known only while the run executes
+        return decide(lambda op: op.did_change())
+
+    # A convergence reload already certain now (nothing will change) runs unconditionally, so that a dry
+    # run, and so `drift`, lists it as a change.
+    certain = decide(lambda op: op.will_change).action is Action.CONVERGE
+    systemd.service(name=RESTART, service="nginx", restarted=True, _if=lambda: at_run().action is Action.RESTART)
+    systemd.service(name=RELOAD, service="nginx", reloaded=True,
+                    _if=None if certain else lambda: at_run().action in (Action.RELOAD, Action.CONVERGE))
+    server.shell(name=REVISION_CHECK, commands=[served_revision_check(settings)],
+                 _if=None if certain else lambda: at_run().check_revision)

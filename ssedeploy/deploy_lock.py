@@ -25,6 +25,7 @@ import shlex
 import socket
 import threading
 import time
+from pathlib import Path
 
 from pyinfra import logger
 from pyinfra.api.exceptions import PyinfraError
@@ -37,19 +38,8 @@ DEAD_AFTER = 20
 LEASE = 30
 BUSY = 75  # EX_TEMPFAIL
 
-HOLDER = """
-me={me}
-exec 9>>{lock}
-if ! flock -n {mode} 9; then
-    echo "waiting $(cat {owner} 2>/dev/null)"
-    flock -w {wait} {mode} 9 || {{ echo "busy $(cat {owner} 2>/dev/null)"; exit {busy}; }}
-fi
-[ {mode} = -s ] || echo "$me" > {owner}
-logger -t ssedeploy "deploy lock ({mode}) taken by $me"
-echo locked
-while read -t {lease} -r _; do :; done
-logger -t ssedeploy "deploy lock ({mode}) released by $me"
-"""
+# Run with `bash -c` on its own channel (it needs bash's `read -t`); every value is an argument.
+HOLDER = Path(__file__).with_name("scripts") / "deploy-lock.sh"
 
 
 class DeployLocked(PyinfraError):
@@ -58,6 +48,12 @@ class DeployLocked(PyinfraError):
 
 def owner() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
+
+
+def holder_command(shared: bool, wait: float, lock: str = LOCK, owner_file: str = OWNER, lease: int = LEASE) -> str:
+    """The shell command that takes the lock and holds it while its stdin is fed (deploy-lock.sh)."""
+    args = [lock, owner_file, "-s" if shared else "-x", str(wait), str(BUSY), owner(), str(lease)]
+    return shlex.join(["bash", "-c", HOLDER.read_text(), "deploy-lock", *args])
 
 
 def hold(host, shared: bool = False, wait: float | None = None) -> None:
@@ -75,9 +71,7 @@ def hold(host, shared: bool = False, wait: float | None = None) -> None:
         if not value.isdigit():
             raise DeployLocked(f"SSEDEPLOY_LOCK_WAIT = {value!r}: must be whole seconds (0 or more)")
         wait = int(value)
-    script = HOLDER.format(lock=LOCK, owner=OWNER, mode="-s" if shared else "-x", wait=wait, busy=BUSY,
-                           me=shlex.quote(owner()), lease=LEASE)
-    command = f"bash -c {shlex.quote(script)}"
+    command = holder_command(shared, wait)
     if host.data.get("_sudo") and host.data.get("ssh_user") != "root":
         command = f"sudo -n {command}"
     channel = transport.open_session()

@@ -1,27 +1,42 @@
-"""pyinfra facts ssedeploy reads from a host (the shape of pyinfra's own facts)."""
+"""pyinfra facts ssedeploy reads from a host, in the shape of pyinfra's own (typed, ``requires_command``,
+``default``). Where pyinfra has the fact, its own is used instead: ``hardware.Cpus``, ``files.File``."""
 
 from __future__ import annotations
 
 import re
 import shlex
+from typing import Literal
 
 from pyinfra.api import FactBase
 
 from . import nginx
 
+Revisions = dict[str, str | None]
+PathState = tuple[str, str]  # ("F", sha256), ("L", link target) or ("D", "")
 
-class NginxVersion(FactBase):
+
+def open_files_limit(pid: int | str = 1, which: Literal["soft", "hard"] = "hard") -> str:
+    """Shell that prints a process's open-files limit from /proc/PID/limits, the one way ssedeploy reads it
+    (the deploy's fact, verify and the tests). ``pid`` may be shell, e.g. ``"$(cat /run/nginx.pid)"``."""
+    field = {"soft": 4, "hard": 5}[which]  # "Max open files  SOFT  HARD  files"
+    return f"awk '/^Max open files/ {{print ${field}}}' /proc/{pid}/limits"
+
+
+class NginxVersion(FactBase[str | None]):
     """The installed nginx's version, e.g. ``"1.22.1"``; None when nginx is not installed."""
 
+    def requires_command(self) -> str:
+        return "/usr/sbin/nginx"
+
     def command(self) -> str:
-        return "/usr/sbin/nginx -v 2>&1 || true"
+        return "/usr/sbin/nginx -v 2>&1"
 
     def process(self, output):
         match = re.search(r"nginx/(\d+\.\d+\.\d+)", "\n".join(output))
         return match.group(1) if match else None
 
 
-class NginxDefaultServers(FactBase):
+class NginxDefaultServers(FactBase[list[tuple[str, int, str]]]):
     """``[(file, port, listen line)]`` for every ``listen ... default_server`` in the sites ssedeploy's
     nginx.conf includes. Read from the files, not ``nginx -T``: that prints nothing when two sites both
     claim the default, which is the case to name."""
@@ -47,9 +62,12 @@ def revision_request(port: int) -> str:
     )
 
 
-class NginxRevisions(FactBase):
+class NginxRevisions(FactBase[Revisions]):
     """``{"live": revision of the files in /etc/nginx, "served": revision nginx's workers serve}``, None
     where unknown. They differ when a run died between putting a config live and reloading."""
+
+    def requires_command(self, port: int, state_dir: str) -> str:
+        return "bash"  # revision_request's /dev/tcp
 
     def command(self, port: int, state_dir: str) -> str:
         return (
@@ -57,64 +75,57 @@ class NginxRevisions(FactBase):
             f'printf "served %s\\n" "$({revision_request(port)} | tail -n 1)"'
         )
 
+    @staticmethod
+    def default() -> Revisions:
+        return {"live": None, "served": None}
+
     def process(self, output):
         found = {key: value.strip() for key, _, value in (line.partition(" ") for line in output)}
         return {k: found[k] if re.fullmatch(r"[0-9a-f]{16}", found.get(k, "")) else None for k in ("live", "served")}
 
 
-class NofileHardLimit(FactBase):
-    """The open-files hard limit of PID 1: no service (nginx included) can be given more."""
+class NofileHardLimit(FactBase[int | None]):
+    """The open-files hard limit of PID 1: no service (nginx included) can be given more. None: unknown."""
+
+    def requires_command(self) -> str:
+        return "awk"
 
     def command(self) -> str:
-        return "awk '/^Max open files/ {print $5}' /proc/1/limits"
+        return open_files_limit(1, "hard")
 
     def process(self, output):
         value = "".join(output).strip()
         return int(value) if value.isdigit() else None
 
 
-class CpuCount(FactBase):
-    """Online CPUs: what `worker_processes auto` would start."""
-
-    def command(self) -> str:
-        return "nproc"
-
-    def process(self, output):
-        return int("".join(output).strip() or 1)
-
-
-class PathStates(FactBase):
+class PathStates(FactBase[dict[str, PathState | None]]):
     """For each path: ``("F", sha256)`` for a file, ``("L", target)`` for a symlink, ``("D", "")`` for a
-    directory, None if absent."""
+    directory, None if absent.
+
+    One line per path, ``KIND<tab>PATH<tab>VALUE``: the path may hold spaces, and the value (a link
+    target) comes last so it may hold anything but a newline. A path with a tab or newline is refused.
+    """
 
     def command(self, paths: list[str]) -> str:
+        bad = [p for p in paths if "\t" in p or "\n" in p]
+        if bad:
+            raise ValueError(f"PathStates: paths with a tab or newline are not supported: {bad!r}")
         quoted = " ".join(shlex.quote(p) for p in paths)
         return (
             f"for p in {quoted}; do "
-            'if [ -L "$p" ]; then printf "L %s %s\\n" "$p" "$(readlink "$p")"; '
-            'elif [ -f "$p" ]; then printf "F %s %s\\n" "$p" "$(sha256sum < "$p" | cut -d" " -f1)"; '
-            'elif [ -d "$p" ]; then printf "D %s \\n" "$p"; '
-            'else printf -- "- %s\\n" "$p"; fi; done'
+            "if [ -L \"$p\" ]; then printf 'L\\t%s\\t%s\\n' \"$p\" \"$(readlink \"$p\")\"; "
+            "elif [ -f \"$p\" ]; then printf 'F\\t%s\\t%s\\n' \"$p\" \"$(sha256sum < \"$p\" | cut -d' ' -f1)\"; "
+            "elif [ -d \"$p\" ]; then printf 'D\\t%s\\t\\n' \"$p\"; "
+            "else printf -- '-\\t%s\\t\\n' \"$p\"; fi; done"
         )
 
+    @staticmethod
+    def default() -> dict:
+        return {}  # no path asked for
+
     def process(self, output):
-        states = {}
+        states: dict[str, PathState | None] = {}
         for line in output:
-            kind, _, rest = line.partition(" ")
-            if kind == "-":
-                states[rest] = None
-            else:
-                path, _, value = rest.partition(" ")
-                states[path] = (kind, value)
+            kind, path, value = (line.split("\t", 2) + ["", ""])[:3]
+            states[path] = None if kind == "-" else (kind, value)
         return states
-
-
-class FileMeta(FactBase):
-    """``(user, group, octal mode)`` of a file, or None."""
-
-    def command(self, path: str) -> str:
-        return f"stat -c '%U %G %a' {shlex.quote(path)} 2>/dev/null || true"
-
-    def process(self, output):
-        parts = "".join(output).split()
-        return tuple(parts) if len(parts) == 3 else None

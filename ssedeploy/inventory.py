@@ -1,4 +1,5 @@
-"""Helpers for pyinfra inventory files, and reading one without connecting."""
+"""Helpers for pyinfra inventory files, and reading one without connecting (testinfra hosts from an
+inventory: ssedeploy/testinfra_hosts.py)."""
 
 from __future__ import annotations
 
@@ -40,15 +41,17 @@ def sandbox_hosts(name: str | None = None) -> list[tuple[str, dict]]:
             f"ssedeploy: sandbox {name!r} has no running host: start it with "
             f"`ssedeploy sandbox up --name {name}` (or `make demo`)"
         )
-    return [
-        (h["name"], {
-            "ssh_hostname": h["address"],
-            "ssh_port": h["port"],
-            "ssh_user": h["ssh_user"],
-            "ssh_key": h["ssh_key"],
-            "ssh_known_hosts_file": h["known_hosts"],
-            "ssh_strict_host_key_checking": "yes",  # pyinfra's default is accept-new
-            "_sudo": True,
-        })
-        for h in hosts
-    ]
+    return [sandbox_host(h) for h in hosts]
+
+
+def sandbox_host(info: dict) -> tuple[str, dict]:
+    """The pyinfra host entry of one host of `sandbox status --json`."""
+    return (info["name"], {
+        "ssh_hostname": info["address"],
+        "ssh_port": info["port"],
+        "ssh_user": info["ssh_user"],
+        "ssh_key": info["ssh_key"],
+        "ssh_known_hosts_file": info["known_hosts"],
+        "ssh_strict_host_key_checking": "yes",  # pyinfra's default is accept-new
+        "_sudo": True,
+    })

@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from ssedeploy.testinfra_backend import get_host
+from ssedeploy import run_results
+from ssedeploy.inventory import sandbox_host
+from ssedeploy.testinfra_hosts import testinfra_host
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -31,8 +34,100 @@ def ssedeploy(*args: str, **kw) -> subprocess.CompletedProcess:
     return run(str(BIN / "ssedeploy"), *args, **kw)
 
 
-def pyinfra_deploy(**kw) -> subprocess.CompletedProcess:
-    return run(str(BIN / "pyinfra"), "-y", "inventories/sandbox.py", "deploy.py", **kw)
+class Results:
+    """What a pyinfra run wrote to $SSEDEPLOY_RESULTS (ssedeploy/run_results.py), read strictly: asking
+    for an operation a host did not run fails the test, naming the operations it did run, so an
+    assertion about a renamed or skipped operation cannot pass."""
+
+    RAN = ("changed", "no change", "failed", "would change", "may change", "not checked")
+
+    def __init__(self, data: dict | None, source: str = "results") -> None:
+        self.data, self.source = data, source
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Results":
+        """The results at `path`; none (`written` false) when the run wrote none (it stopped before
+        deploy.py installed the callback, so before any operation)."""
+        try:
+            return cls(run_results.load(path), str(path))
+        except run_results.ResultsError as e:
+            if Path(path).exists():
+                pytest.fail(str(e))
+            return cls(None, str(path))
+
+    @property
+    def written(self) -> bool:
+        return self.data is not None
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts of the run, in inventory order; fails when the run wrote no results."""
+        if self.data is None:
+            pytest.fail(f"the run wrote no results ({self.source})")
+        return list(self.data["hosts"])
+
+    def operations(self, host: str) -> list[dict]:
+        """{name, result, files} of every operation of `host`, in pyinfra's order (results not run included)."""
+        if host not in self.hosts:
+            pytest.fail(f"host {host} is not in the run's results; its hosts: {self.hosts}")
+        return self.data["hosts"][host]["operations"]
+
+    def _one(self, host: str, op: str, ran: bool) -> dict:
+        ops = self.operations(host)
+        found = [o for o in ops if o["name"] == op and (o["result"] in self.RAN or not ran)]
+        if len(found) != 1:
+            did = "\n  ".join(f"{o['name']}: {o['result']}" for o in ops if o["result"] in self.RAN)
+            what = "ran twice (ambiguous)" if found else "did not run" if ran else "is not an operation of this run"
+            pytest.fail(f"operation {op!r} {what} on {host}; the operations that ran there:\n  {did or '(none)'}")
+        return found[0]
+
+    def of(self, host: str, op: str) -> str:
+        """How `op` ended on `host` ("changed", "no change", "failed"; dry: "would change", ...); fails the
+        test when `op` did not run on `host` (renamed, skipped, or after the host failed)."""
+        return self._one(host, op, ran=True)["result"]
+
+    def planned(self, host: str, op: str) -> str:
+        """Like `of`, but "not run" is an answer too (an operation after the host failed); fails the test
+        only when `op` is no operation of `host` in this run at all."""
+        return self._one(host, op, ran=False)["result"]
+
+    def files(self, host: str, op: str) -> list[str]:
+        """The files `op` named on `host` (what `drift` lists); fails like `of`."""
+        return self._one(host, op, ran=True)["files"]
+
+    def failed_at(self, host: str) -> str | None:
+        self.operations(host)
+        return self.data["hosts"][host]["failed_at"]
+
+    def changed(self) -> list[tuple[str, str]]:
+        """(host, operation) of every operation that changed something (or would, dry)."""
+        return [(h, o["name"]) for h in self.hosts for o in self.operations(h) if o["result"] in run_results.CHANGES]
+
+    def ran(self) -> list[tuple[str, str]]:
+        """(host, operation) of every operation executed on a host; none when the run wrote no results."""
+        if self.data is None or not self.data["executed"]:
+            return []
+        return [(h, o["name"]) for h in self.hosts for o in self.operations(h) if o["result"] != "not run"]
+
+
+class Ran(subprocess.CompletedProcess):
+    """A finished pyinfra run: the process (returncode, stdout, stderr) and its `results`."""
+
+    def __init__(self, process: subprocess.CompletedProcess, results: Results) -> None:
+        super().__init__(process.args, process.returncode, process.stdout, process.stderr)
+        self.results = results
+
+
+def pyinfra(*args: str, env: dict | None = None, **kw) -> Ran:
+    """`pyinfra ARGS` with SSEDEPLOY_RESULTS pointed at a temporary file: the process and its parsed results."""
+    with tempfile.TemporaryDirectory(prefix="ssedeploy-e2e-results-") as tmp:
+        path = Path(tmp) / "results.json"
+        process = run(str(BIN / "pyinfra"), *args, env={**(env or {}), "SSEDEPLOY_RESULTS": str(path)}, **kw)
+        return Ran(process, Results.read(path))
+
+
+def pyinfra_deploy(**kw) -> Ran:
+    return pyinfra("-y", "inventories/sandbox.py", "deploy.py", **kw)
 
 
 def write_inventory(data: dict, tmp_dir: Path, instance: str = INSTANCE, per_host: dict | None = None) -> Path:
@@ -53,9 +148,9 @@ def deploy_args(data: dict, tmp_dir: Path, instance: str = INSTANCE, per_host: d
 
 
 def deploy_with(data: dict, tmp_dir: Path, instance: str = INSTANCE, check: bool = False, env: dict | None = None,
-                per_host: dict | None = None, limit: str | None = None):
+                per_host: dict | None = None, limit: str | None = None) -> Ran:
     """Deploy with extra inventory data for every host of the instance (a settings change)."""
-    return run(*deploy_args(data, tmp_dir, instance, per_host, limit), check=check, instance=instance, env=env)
+    return pyinfra(*deploy_args(data, tmp_dir, instance, per_host, limit)[1:], check=check, instance=instance, env=env)
 
 
 def start_deploy(data: dict, tmp_dir: Path, instance: str = INSTANCE, env: dict | None = None,
@@ -67,19 +162,6 @@ def start_deploy(data: dict, tmp_dir: Path, instance: str = INSTANCE, env: dict 
         env=dict(os.environ, SSEDEPLOY_SANDBOX=instance, PYTHONPATH=str(REPO), **(env or {})),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-
-
-def operation_results(log: str) -> dict[str, list[str]]:
-    """pyinfra's log -> {operation name: [per-host result lines]} ("Success", "No changes", "Error")."""
-    results: dict[str, list[str]] = {}
-    current = None
-    for line in log.splitlines():
-        if line.startswith("--> Starting operation: "):
-            current = line.removeprefix("--> Starting operation: ").strip()
-            results.setdefault(current, [])
-        elif current and line.strip().startswith("[") and "]" in line:
-            results[current].append(line.split("]", 1)[1].strip())
-    return results
 
 
 @contextmanager
@@ -95,4 +177,4 @@ def booted(name: str, *up_args: str):
 
 def host_of(info: dict):
     """testinfra Host for one entry of `sandbox status --json` (host key checked, sudo like the deploy)."""
-    return get_host(info["address"], user=info["ssh_user"], key=info["ssh_key"], known_hosts=info["known_hosts"])
+    return testinfra_host(*sandbox_host(info))

@@ -8,15 +8,17 @@ import time
 
 import pytest
 
+from roles import app as app_role
 from ssedeploy.sse import read_stream
 
-from .helpers import BIN, REPO, booted, deploy_with, operation_results, run, host_of
+from .helpers import BIN, REPO, booted, deploy_with, run, host_of
+from .polling import streaming
 
 NAME = "e2e-next"
 NEXT = str(REPO / "examples" / "nextjs-sse")
 SECRET = "s3cr3t-value-never-printed"
 BROWSER = {"Accept-Encoding": "gzip, deflate, br"}
-RESTART_OP = "app | Restart and check (unit or environment changed)"
+RESTART_OP = app_role.reported(app_role.RESTART)
 
 
 def settings(**app) -> dict:
@@ -80,7 +82,7 @@ def test_missing_secret_fails_before_any_operation(nxt):
                          env={"API_TOKEN": SECRET})
     log = result.stdout + result.stderr
     assert result.returncode == 1 and "app.secret_env: NOT_SET_ANYWHERE has no value" in log
-    assert "Starting operation" not in log
+    assert result.results.ran() == []
 
 
 def test_unit_verifies_clean_and_is_hardened(nxt):
@@ -98,12 +100,12 @@ def test_changing_an_env_var_restarts_once_and_a_rerun_changes_nothing(nxt):
     host = nxt["host"]
     before = main_pid(host)
     changed = deploy(nxt, env={"GREETING": "hi again"})
-    assert operation_results(changed.stdout + changed.stderr)[RESTART_OP] == ["Success"]
+    assert changed.results.of(nxt["info"]["name"], RESTART_OP) == "changed"
     after = main_pid(host)
     assert after != before
     again = deploy(nxt, env={"GREETING": "hi again"})
     log = again.stdout + again.stderr
-    assert not re.search(r"^\s+\[\S+\] Success", log, re.M), log
+    assert again.results.changed() == [], log
     assert main_pid(host) == after
     deploy(nxt)  # back to the module's settings
 
@@ -125,7 +127,7 @@ def test_restart_while_streaming_is_fast_never_5xx_and_loses_no_event(nxt):
     out = {"statuses": [], "ids": [], "fallbacks": 0}
     client = threading.Thread(target=resuming_client, args=(nxt["info"]["address"], 10, out))
     client.start()
-    time.sleep(2.5)
+    streaming(nxt["host"], nxt["info"]["address"], 1)
     started = time.monotonic()
     nxt["host"].check_output("systemctl restart sseapp")
     took = time.monotonic() - started

@@ -6,20 +6,25 @@ import socket
 import ssl
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from roles import nginx as nginx_role
+from ssedeploy.facts import open_files_limit
 from ssedeploy.nginx import parse_dump, walk
+from ssedeploy.paths import NGINX_STATE
 from ssedeploy.probe import probe
+from ssedeploy.settings import Site
 from ssedeploy.sse import read_stream
 
-from .helpers import BIN, REPO, deploy_with, operation_results, pyinfra_deploy, run
+from .helpers import BIN, REPO, deploy_with, pyinfra_deploy, run
+from .polling import first_event, streaming, wait_until
 from .streams import consecutive, crowd
 
-RELOAD = "nginx | Reload nginx gracefully"
-RESTART = "nginx | Restart nginx (package or drop-in changed)"
-DEFAULT_CHECK = "nginx | No other site is nginx's default server"
+RELOAD = nginx_role.reported(nginx_role.RELOAD)
+RESTART = nginx_role.reported(nginx_role.RESTART)
+DEFAULT_CHECK = nginx_role.reported(nginx_role.DEFAULT_CHECK)
+REVISION_PORT = Site().revision_port  # the tests deploy the default
 COMPRESSING_APP = REPO / "tests/e2e/apps/compressing-sse"
 
 
@@ -56,7 +61,7 @@ def master(host) -> str:
 
 
 def served_revision(host) -> str:
-    return host.check_output("curl -s http://127.0.0.1:8573/ssedeploy/revision")
+    return host.check_output(f"curl -s http://127.0.0.1:{REVISION_PORT}/ssedeploy/revision")
 
 
 def test_sse_directives_are_scoped_in_the_live_config(role):
@@ -71,7 +76,7 @@ def test_sse_directives_are_scoped_in_the_live_config(role):
     assert not [d for d, _ in walk(tree) if d["directive"] == "proxy_ignore_headers"]
     conns = [d["args"] for d, _ in walk(tree) if d["directive"] == "worker_connections"]
     rlimit = [d["args"] for d, _ in walk(tree) if d["directive"] == "worker_rlimit_nofile"]
-    hard = int(host.check_output("awk '/^Max open files/ {print $5}' /proc/1/limits"))
+    hard = int(host.check_output(open_files_limit(1, "hard")))
     assert int(rlimit[0][0]) <= hard and int(conns[0][0]) * 2 <= int(rlimit[0][0])
 
 
@@ -79,7 +84,7 @@ def test_workers_really_got_the_file_limit(role):
     instance, target, host = role
     want = host.check_output("nginx -T 2>/dev/null | awk '/^worker_rlimit_nofile/ {print $2}'").rstrip(";")
     for pid in workers(host):
-        soft = host.check_output(f"awk '/^Max open files/ {{print $4}}' /proc/{pid}/limits")
+        soft = host.check_output(open_files_limit(pid, "soft"))
         assert soft == want, f"worker {pid} has {soft} open files, not {want}"
 
 
@@ -93,10 +98,11 @@ def test_a_broken_directive_is_rolled_back_and_the_stream_keeps_streaming(role, 
     assert "restored as it was" in log
     assert etc_nginx_snapshot(host) == before, "/etc/nginx changed after a failed deploy"
     assert master(host) == pid
-    assert operation_results(log).get(RELOAD, []) in ([], ["No changes"])
+    assert result.results.failed_at(target["name"]) == nginx_role.reported(nginx_role.TREE)
+    assert result.results.planned(target["name"], RELOAD) == "not run"
     stream = read_stream(target["address"], 80, "/api/stream", duration=2.5)
     assert stream.status == 200 and len(stream.events) >= 2
-    assert host.file("/var/lib/ssedeploy/nginx/failed/sites-available/ssedeploy.conf").contains(
+    assert host.file(f"{NGINX_STATE}/failed/sites-available/ssedeploy.conf").contains(
         "ssedeploy_bogus_directive")
 
 
@@ -104,16 +110,16 @@ def test_a_settings_change_reloads_once_with_new_workers_and_revision(role, tmp_
     instance, target, host = role
     old_workers, old_master, old_rev = workers(host), master(host), served_revision(host)
     result = deploy_with({"nginx": {"worker_shutdown_timeout": 61}}, tmp_path, instance=instance, check=True)
-    ops = operation_results(result.stdout + result.stderr)
-    assert ops[RELOAD] == ["Success"] and ops[RESTART] == ["No changes"]
+    ops = result.results
+    assert ops.of(target["name"], RELOAD) == "changed" and ops.of(target["name"], RESTART) == "no change"
     assert master(host) == old_master, "nginx was restarted, not reloaded"
     assert workers(host) - old_workers, "no new worker after the reload"
     new_rev = served_revision(host)
-    assert new_rev != old_rev and new_rev == host.file("/var/lib/ssedeploy/nginx/revision").content_string.strip()
+    assert new_rev != old_rev and new_rev == host.file(f"{NGINX_STATE}/revision").content_string.strip()
     assert "worker_shutdown_timeout 61s;" in host.check_output("nginx -T 2>/dev/null")
 
     again = deploy_with({"nginx": {"worker_shutdown_timeout": 61}}, tmp_path, instance=instance, check=True)
-    assert operation_results(again.stdout + again.stderr)[RELOAD] == ["No changes"]
+    assert again.results.of(target["name"], RELOAD) == "no change"
     assert served_revision(host) == new_rev
 
 
@@ -121,8 +127,8 @@ def test_a_changed_file_limit_restarts_nginx_instead_of_reloading(role, tmp_path
     instance, target, host = role
     old_master = master(host)
     result = deploy_with({"nginx": {"expected_streams": 300}}, tmp_path, instance=instance, check=True)
-    ops = operation_results(result.stdout + result.stderr)
-    assert ops[RESTART] == ["Success"] and ops[RELOAD] == ["No changes"]
+    ops = result.results
+    assert ops.of(target["name"], RESTART) == "changed" and ops.of(target["name"], RELOAD) == "no change"
     assert master(host) != old_master
     assert host.check_output("systemctl show -p LimitNOFILE --value nginx") == "2048"
     assert read_stream(target["address"], 80, "/api/stream", duration=1.5).status == 200
@@ -130,7 +136,7 @@ def test_a_changed_file_limit_restarts_nginx_instead_of_reloading(role, tmp_path
 
 def test_backups_are_bounded_and_outside_any_include(role):
     instance, target, host = role
-    backups = host.check_output("ls -1 /var/lib/ssedeploy/nginx/backups").split()
+    backups = host.check_output(f"ls -1 {NGINX_STATE}/backups").split()
     assert 1 <= len(backups) <= 5
     assert not host.check_output("ls -A /etc/nginx | grep -i -E 'bak|backup|ssedeploy-new' || true")
 
@@ -143,36 +149,12 @@ def test_removing_an_sse_path_removes_its_location(role, tmp_path):
     assert "^~ /events" not in locations(live_tree(host))
 
 
-def wait_until(condition, seconds: float, what: str, every: float = 0.2):
-    """Poll `condition` until it returns a true value or the deadline passes (then fail naming `what`)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"not within {seconds} s: {what}")
-
-
-def open_streams(host) -> int:
-    return int(host.check_output("ss -Htn state established '( sport = :80 )' | wc -l"))
-
-
-def first_event(address: str):
-    """A stream through nginx read until its first event (None when there was none within 3 s)."""
-    result = read_stream(address, 80, "/api/stream", duration=3, until=lambda r: r.events)
-    return result if result.events else None
-
-
 def test_nginx_killed_comes_back_by_itself_and_streams_resume(role):
     instance, target, host = role
     restarts = lambda: int(host.check_output("systemctl show -p NRestarts --value nginx"))  # noqa: E731
     before, old_master = restarts(), master(host)
     clients = crowd(10, target["address"], seconds=14)
-    wait_until(lambda: open_streams(host) >= 10, 10, "10 streams open through nginx")
-    # The app ticks each stream a second after it opened: once a later stream has its first event,
-    # every client opened before it has had one too.
-    wait_until(lambda: first_event(target["address"]), 10, "a first event through nginx")
+    streaming(host, target["address"], 10)
     host.run_expect([0], "systemctl kill --signal=SIGKILL nginx")  # master and workers, as the OOM killer would
     killed_at = time.time()
     back = wait_until(lambda: first_event(target["address"]), 10, "nginx serving again after SIGKILL")
@@ -234,14 +216,13 @@ def test_another_default_server_is_named_before_the_swap_and_the_site_stays_the_
     try:
         put_other_site(host, default=True)
         before = etc_nginx_snapshot(host)
-        backups = host.check_output("ls -1 /var/lib/ssedeploy/nginx/backups")
+        backups = host.check_output(f"ls -1 {NGINX_STATE}/backups")
         refused = deploy_with({"nginx": {"worker_shutdown_timeout": 62}}, tmp_path, instance=instance)
         log = refused.stdout + refused.stderr
-        ops = operation_results(log)
-        assert refused.returncode != 0 and ops.get(DEFAULT_CHECK, [""])[-1].startswith("Error"), log[-3000:]
+        assert refused.returncode != 0 and refused.results.of(target["name"], DEFAULT_CHECK) == "failed", log[-3000:]
         assert "/etc/nginx/sites-enabled/aaa-other: listen 80 default_server" in log
         assert "Remove default_server from that listen line" in log
-        assert host.check_output("ls -1 /var/lib/ssedeploy/nginx/backups") == backups, \
+        assert host.check_output(f"ls -1 {NGINX_STATE}/backups") == backups, \
             "the swap ran (it backs up /etc/nginx first) although another site claims the default server"
         assert etc_nginx_snapshot(host) == before
         assert read_stream(address, 80, "/api/stream", duration=1.5).events, "the site stopped streaming"

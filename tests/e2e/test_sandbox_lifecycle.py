@@ -7,7 +7,6 @@ import json
 import os
 import resource
 import signal
-import time
 from pathlib import Path
 
 import paramiko
@@ -16,6 +15,7 @@ import pytest
 from ssedeploy.sandbox import hosts as sandbox_hosts, network
 
 from .helpers import pyinfra_deploy, ssedeploy, host_of
+from .polling import wait_until
 
 NAME = "e2e-life"
 
@@ -111,8 +111,7 @@ def test_up_again_is_idempotent(life):
 def test_up_recovers_after_the_hosts_were_killed(life):
     for h in status():
         os.kill(h["pid"], signal.SIGKILL)
-    time.sleep(0.5)
-    assert status() == []
+    wait_until(lambda: status() == [], 10, "status lists no host after the kill")
     left = kernel_state()
     assert left["bridge"] and left["table"] and left["mounts"], "the crash should leave kernel state behind"
     ssedeploy("sandbox", "up", "--name", NAME, "-n", "2")

@@ -7,14 +7,14 @@ this; every test is parametrized by host, so a failure names the host.
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from pyinfra.facts.hardware import Cpus
 
 from ssedeploy import nginx as conf
+from ssedeploy.facts import open_files_limit
 from ssedeploy.inventory import inventory_hosts
 from ssedeploy.settings import parse
-from ssedeploy.testinfra_backend import get_host
+from ssedeploy.testinfra_hosts import testinfra_host
 
 DIAGNOSTIC_PATTERNS = ("upstream timed out", "worker_connections are not enough", "upstream prematurely closed",
                        "setrlimit")
@@ -49,22 +49,18 @@ class Target:
         self.name = name
         self.data = data
         self.settings = parse(data, name, offline=True)
-        known_hosts = data.get("ssh_known_hosts_file")
-        if not known_hosts:
-            pytest.fail(f"{name}: ssh_known_hosts_file is not set: host keys must be checked")
         self.address = data.get("ssh_hostname") or name
-        self.host = get_host(
-            self.address, user=data.get("ssh_user") or os.environ.get("USER", "root"),
-            key=os.path.expanduser(data["ssh_key"]) if data.get("ssh_key") else None,
-            known_hosts=os.path.expanduser(known_hosts), port=int(data.get("ssh_port") or 22),
-            sudo=bool(data.get("_sudo")),
-        )
+        try:
+            self.host = testinfra_host(name, data)
+        except ValueError as exc:
+            pytest.fail(str(exc))
 
     @property
     def limits(self) -> conf.Limits:
-        cpus = int(self.host.check_output("nproc"))
-        hard = self.host.check_output("awk '/^Max open files/ {print $5}' /proc/1/limits")
-        return conf.limits(self.settings, cpus, int(hard) if hard.isdigit() else None)
+        # The deploy's own reads (pyinfra's Cpus, ssedeploy's NofileHardLimit), so both derive the same sizes.
+        cpus = self.host.check_output(Cpus().command())
+        hard = self.host.check_output(open_files_limit(1, "hard"))
+        return conf.limits(self.settings, int(cpus) if cpus.isdigit() else 1, int(hard) if hard.isdigit() else None)
 
     def diagnostics(self) -> list[str]:
         out = []

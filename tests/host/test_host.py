@@ -7,8 +7,10 @@ import re
 import pytest
 
 from ssedeploy.check import lint
+from ssedeploy.facts import open_files_limit
 from ssedeploy.nginx import (LIVE, RESTART_SECONDS, SITE_LINK, SSE_UPSTREAM_HEADERS, default_listens,
                              foreign_default_servers, parse_dump)
+from ssedeploy.paths import env_path, unit_path
 from ssedeploy.probe import probe
 
 from .conftest import sse_locations
@@ -106,13 +108,13 @@ def test_workers_have_the_file_limit(target):
     want = str(target.limits.worker_rlimit_nofile)
     workers = target.host.check_output("pgrep -P $(cat /run/nginx.pid)").split()
     for pid in workers:
-        soft = target.host.check_output(f"awk '/^Max open files/ {{print $4}}' /proc/{pid}/limits")
+        soft = target.host.check_output(open_files_limit(pid, "soft"))
         assert soft == want, f"{target.name}: nginx worker {pid} may open {soft} files, expected {want}"
 
 
 def test_app_unit_is_verified_and_hardened(target):
     name = target.settings.app.name
-    verify = target.host.run(f"systemd-analyze verify /etc/systemd/system/{name}.service")
+    verify = target.host.run(f"systemd-analyze verify {unit_path(target.settings)}")
     assert verify.rc == 0 and not (verify.stdout + verify.stderr).strip(), \
         f"{target.name}: systemd-analyze verify {name}: {verify.stdout}{verify.stderr}"
     security = target.host.check_output(f"systemd-analyze security {name} --no-pager")
@@ -128,11 +130,11 @@ def test_app_listens_on_loopback_only(target):
 
 def test_env_file_is_private(target):
     app = target.settings.app
-    env = target.host.file(f"/etc/{app.name}/env")
+    env = target.host.file(env_path(target.settings))
     found = (env.user, env.group, oct(env.mode))
     want = ("root", app.system_user, oct(0o640))
     assert env.exists and found[:2] == want[:2] and env.mode & 0o037 == 0, \
-        f"{target.name}: /etc/{app.name}/env expected {want} or stricter, found {found}"
+        f"{target.name}: {env_path(target.settings)} expected {want} or stricter, found {found}"
 
 
 def test_every_sse_path_streams_through_nginx(target):

@@ -1,0 +1,19 @@
+"""pyinfra operations ssedeploy adds where pyinfra has none (they compose with _if, --dry, --diff), one
+module per thing they manage:
+
+- nginx_tree: the nginx tree staged, swapped, tested, restored (`nginx_config`)
+- app_release: an app release uploaded (`app_release`), made live or rolled back (`app_activate`)
+- files: a file whose content is never shown (`private_file`)
+- util: what they share (`report_differences`, `detached`, `host_limits`, `SCRIPTS`)
+
+Everything is re-exported here. (So `ssedeploy.operations.app_release` is the operation, not its module:
+import the module's other names from `ssedeploy.operations.app_release` itself.)
+"""
+
+from .app_release import APP_STATE, app_activate, app_release
+from .files import private_file
+from .nginx_tree import LIVE, SWAP_SCRIPT, nginx_config
+from .util import SCRIPTS, detached, host_limits, report_differences
+
+__all__ = ["APP_STATE", "LIVE", "SCRIPTS", "SWAP_SCRIPT", "app_activate", "app_release", "detached",
+           "host_limits", "nginx_config", "private_file", "report_differences"]

@@ -1,0 +1,66 @@
+"""The nginx tree: ssedeploy's files go live in /etc/nginx only if the whole tree passes ``nginx -t``,
+and /etc/nginx is restored as it was if not. The host-side step is scripts/nginx-swap.sh."""
+
+from __future__ import annotations
+
+import hashlib
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, operation
+
+from .. import nginx
+from ..facts import NginxVersion, PathStates
+from ..paths import NGINX_STATE
+from ..settings import Settings
+from .util import SCRIPTS, detached, host_limits, report_differences
+
+SWAP_SCRIPT = SCRIPTS / "nginx-swap.sh"
+LIVE = nginx.LIVE
+
+
+@operation()
+def nginx_config(settings: Settings, state_dir: str = NGINX_STATE):
+    """
+    Put ssedeploy's nginx files live only if the whole tree passes ``nginx -t``.
+
+    + settings: the host's ssedeploy settings
+    + state_dir: where staging, backups and the live revision are kept (outside /etc/nginx)
+
+    Renders for the installed nginx version, then uploads the files to a staging
+    directory and runs one host-side step, detached from the SSH session: back up
+    /etc/nginx, swap the staged files in, ``nginx -t``; on failure put the backup back
+    and fail with nginx's own message. Nothing is done when the live files match.
+
+    **Example:**
+
+    .. code:: python
+
+        nginx_config(name="nginx config", settings=settings)
+    """
+    version = host.get_fact(NginxVersion) or settings.nginx.version
+    files, revision = nginx.render_tree(settings, version, host_limits(settings))
+    want = {f"{LIVE}/{rel}": ("F", hashlib.sha256(text.encode()).hexdigest()) for rel, text in files.items()}
+    want |= {f"{LIVE}/{rel}": ("L", target) for rel, target in nginx.LINKS.items()}
+    want |= {f"{LIVE}/{rel}": None for rel in nginx.REMOVED}
+    # nginx-swap.sh's journal: a swap cut short left /etc/nginx part old, part new, untested.
+    want |= {f"{state_dir}/swap-in-progress": None}
+    current = host.get_fact(PathStates, paths=sorted(want))
+    if current == want:
+        host.noop(f"nginx config revision {revision} is live")
+        return
+    report_differences([path for path in sorted(want) if current.get(path) != want[path]])
+
+    stage = f"{state_dir}/stage-{revision}"
+    dirs = sorted({str(Path(f"{stage}/files/{rel}").parent) for rel in files})
+    yield f"rm -rf {stage} && mkdir -p -m 0700 {stage} && mkdir -p {' '.join(dirs)}"
+    for rel, text in files.items():
+        yield FileUploadCommand(StringIO(text), f"{stage}/files/{rel}")
+    links = "".join(f"{rel} {target}\n" for rel, target in nginx.LINKS.items())
+    yield FileUploadCommand(StringIO(links), f"{stage}/links")
+    yield FileUploadCommand(StringIO("".join(f"{rel}\n" for rel in nginx.REMOVED)), f"{stage}/remove")
+    yield FileUploadCommand(StringIO(revision + "\n"), f"{stage}/revision")
+    yield FileUploadCommand(str(SWAP_SCRIPT), f"{state_dir}/nginx-swap.sh")
+    yield detached(f"ssedeploy-nginx-{revision}",
+                   f"/bin/sh {state_dir}/nginx-swap.sh {stage} {settings.nginx.backups} {LIVE} {state_dir}")

@@ -1,0 +1,34 @@
+"""What ssedeploy's operations share (as pyinfra.operations.util does for pyinfra's)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.facts.hardware import Cpus
+
+from .. import nginx
+from ..facts import NofileHardLimit
+from ..settings import Settings
+
+# The host-side scripts the operations upload and run.
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def report_differences(paths: list[str]) -> None:
+    """Name what the current operation would change: logged once while pyinfra plans, and recorded for
+    this host and operation in the run's results (what `drift` lists)."""
+    from ..run_results import name_files
+    name_files(host, paths)
+
+
+def detached(name: str, command: str) -> str:
+    """Run `command` as a transient systemd unit and wait for it: a dropped SSH connection cannot cut it
+    in half, and its output and exit status still come back."""
+    return f"systemd-run --quiet --wait --pipe --collect --unit={name}-{secrets.token_hex(3)} {command}"
+
+
+def host_limits(settings: Settings) -> nginx.Limits:
+    # Cpus is None when getconf prints nothing useful: size for one CPU rather than fail.
+    return nginx.limits(settings, host.get_fact(Cpus) or 1, host.get_fact(NofileHardLimit))

@@ -1,0 +1,37 @@
+"""Where ssedeploy keeps things on a host, each defined once: roles, operations, rollback and tests read them here.
+
+(What ssedeploy writes into /etc/nginx is in ssedeploy/nginx.py.)
+"""
+
+from __future__ import annotations
+
+from .settings import Settings
+
+# ssedeploy's own state on a host: uploads, host-side scripts, notes between runs. Nothing here is live config.
+STATE = "/var/lib/ssedeploy"
+# The nginx tree's staging, backups and the revision of the live files: outside /etc/nginx, so no include glob
+# ever loads them.
+NGINX_STATE = f"{STATE}/nginx"
+
+
+def app_dir(settings: Settings) -> str:
+    """The app's releases and its `current` link."""
+    return f"/srv/{settings.app.name}"
+
+
+def env_path(settings: Settings) -> str:
+    return f"/etc/{settings.app.name}/env"
+
+
+def unit_path(settings: Settings) -> str:
+    return f"/etc/systemd/system/{settings.app.name}.service"
+
+
+def cache_dir(settings: Settings) -> str:
+    """The app's writable cache (the unit's CacheDirectory)."""
+    return f"/var/cache/{settings.app.name}"
+
+
+def restart_marker(settings: Settings) -> str:
+    """Noted before the app's unit or environment changes, removed once it restarted (roles/app.py)."""
+    return f"{STATE}/{settings.app.name}.restart-pending"
