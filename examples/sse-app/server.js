@@ -89,8 +89,10 @@ const server = http.createServer((req, res) => {
 });
 // Longer than nginx's upstream keepalive_timeout (60 s): the upstream side (nginx) must be the one to close
 // an idle keep-alive connection, or nginx may reuse a socket Node is just closing and the request fails (502).
-server.keepAliveTimeout = 65000;
-server.headersTimeout = 66000; // must exceed keepAliveTimeout
+// Idle keep-alive longer than nginx's upstream keepalive_timeout (the unit sets KEEP_ALIVE_TIMEOUT, as for
+// Next.js), so nginx never reuses a socket Node is just closing.
+server.keepAliveTimeout = Number(process.env.KEEP_ALIVE_TIMEOUT) || server.keepAliveTimeout;
+server.headersTimeout = server.keepAliveTimeout + 1000; // must exceed keepAliveTimeout
 
 function shutdown() {
   server.close(() => process.exit(0)); // stop accepting; exits once every connection is gone

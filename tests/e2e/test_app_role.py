@@ -9,11 +9,14 @@ import time
 import pytest
 
 from roles import app as app_role
+from ssedeploy.paths import app_dir, env_path
+from ssedeploy.settings import parse as _parse
 from ssedeploy.sse import read_stream
 
 from .helpers import BIN, REPO, booted, deploy_with, run, host_of
 from .polling import streaming
 
+APP, ENV = app_dir(_parse({})), env_path(_parse({}))  # the default app, as deployed here
 NAME = "e2e-next"
 NEXT = str(REPO / "examples" / "nextjs-sse")
 SECRET = "s3cr3t-value-never-printed"
@@ -67,11 +70,11 @@ def test_app_listens_on_loopback_only(nxt):
 
 def test_env_file_is_private_and_secrets_stay_out_of_sight(nxt):
     host = nxt["host"]
-    env = host.file("/etc/sseapp/env")
+    env = host.file(ENV)
     assert (env.user, env.group, env.mode) == ("root", "sseapp", 0o640)
     assert f'API_TOKEN="{SECRET}"' in env.content_string and 'GREETING="hello"' in env.content_string
     unit = host.file("/etc/systemd/system/sseapp.service").content_string
-    assert SECRET not in unit and "EnvironmentFile=/etc/sseapp/env" in unit
+    assert SECRET not in unit and f"EnvironmentFile={ENV}" in unit
     assert SECRET not in nxt["first"].stdout + nxt["first"].stderr
     proc = host.check_output("cat /proc/%s/environ | tr '\\0' '\\n'", main_pid(host))
     assert f"API_TOKEN={SECRET}" in proc
@@ -145,12 +148,12 @@ def test_a_release_that_fails_its_check_is_rolled_back(nxt, tmp_path):
     broken.mkdir()
     (broken / "server.js").write_text("process.exit(1)\n")
     host = nxt["host"]
-    live = host.check_output("readlink /srv/sseapp/current")
+    live = host.check_output(f"readlink {APP}/current")
     result = deploy_with({"app": {"source": str(broken)}}, nxt["tmp"], instance=NAME, env={"API_TOKEN": SECRET})
     log = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"[{nxt['info']['name']}]" in log and "failed its check: switched back to " + live in log
-    assert host.check_output("readlink /srv/sseapp/current") == live
+    assert host.check_output(f"readlink {APP}/current") == live
     stream = read_stream(nxt["info"]["address"], 80, "/api/stream", duration=2.5)
     assert stream.status == 200 and stream.events
 
@@ -160,7 +163,7 @@ def test_rollback_command_switches_and_restarts(nxt):
     simple = deploy(nxt, source=str(REPO / "examples" / "sse-app"))
     assert simple.returncode == 0
     assert "node" == host.check_output("ps -o comm= -p %s", main_pid(host))
-    live, previous = host.check_output("readlink /srv/sseapp/current"), host.check_output("readlink /srv/sseapp/previous")
+    live, previous = host.check_output(f"readlink {APP}/current"), host.check_output(f"readlink {APP}/previous")
     inventory = nxt["tmp"] / "rollback_inv.py"
     inventory.write_text(
         "from ssedeploy.inventory import sandbox_hosts\n"
@@ -168,7 +171,7 @@ def test_rollback_command_switches_and_restarts(nxt):
     )
     result = run(str(BIN / "ssedeploy"), "rollback", str(inventory), instance=NAME)
     assert result.returncode == 0
-    assert host.check_output("readlink /srv/sseapp/current") == previous
-    assert host.check_output("readlink /srv/sseapp/previous") == live
+    assert host.check_output(f"readlink {APP}/current") == previous
+    assert host.check_output(f"readlink {APP}/previous") == live
     assert "next-server" in host.check_output("ps -o comm= -p %s", main_pid(host))
     assert read_stream(nxt["info"]["address"], 80, "/api/stream", duration=2.5).events

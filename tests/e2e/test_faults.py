@@ -14,14 +14,15 @@ import pytest
 from roles import app as app_role
 from roles import nginx as nginx_role
 from ssedeploy.deploy_lock import DEAD_AFTER
-from ssedeploy.paths import NGINX_STATE
+from ssedeploy.paths import NGINX_STATE, env_path
 from ssedeploy.probe import probe
-from ssedeploy.settings import Site
+from ssedeploy.settings import Site, parse as _parse
 
 from .helpers import booted, deploy_with, host_of, ssedeploy, start_deploy, write_inventory
 from .polling import streaming, wait_until
 from .streams import consecutive, crowd, follow
 
+ENV = env_path(_parse({}))  # the default app's, as deployed here
 FAULT = "e2e-fault"
 SHUTDOWN = 5  # nginx.worker_shutdown_timeout
 HEARTBEAT = 2  # app.heartbeat_seconds
@@ -316,7 +317,7 @@ def test_a_run_killed_between_environment_change_and_restart_restarts_next_time(
     change = {**SETTINGS, "app": {**SETTINGS["app"], "env": {"FAULT_MARK": "1"}}}
     killed_at(start_deploy(change, tmp_path, FAULT, limit=info["name"]),
               f"--> Starting operation: {app_role.reported(app_role.UNIT)}")
-    assert 'FAULT_MARK="1"' in host.check_output("cat /etc/sseapp/env")
+    assert 'FAULT_MARK="1"' in host.check_output(f"cat {ENV}")
     assert "FAULT_MARK=1" not in app_environment(host), "not the state a dead run leaves"
 
     again = deploy_with(change, tmp_path, FAULT, limit=info["name"])

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
+from ssedeploy.nginx import LIVE
+from ssedeploy.paths import app_dir, env_path, unit_path
+from ssedeploy.settings import parse as _parse
+
 from .helpers import BIN, INSTANCE, pyinfra_deploy, run
 
-STATE = ("find /etc/nginx /etc/systemd/system/sseapp.service /etc/sseapp /srv/sseapp -xdev "
+DEFAULTS = _parse({})  # the default app, as deployed here
+APP, ENV = app_dir(DEFAULTS), env_path(DEFAULTS)
+STATE = (f"find {LIVE} {unit_path(DEFAULTS)} {Path(ENV).parent} {APP} -xdev "
          "\\( -type f -o -type l \\) -not -name '*.log' -print0 | sort -z | xargs -0 sha256sum; "
-         "find /srv/sseapp -maxdepth 1 -printf '%p %l\\n' | sort")
+         f"find {APP} -maxdepth 1 -printf '%p %l\\n' | sort")
 
 
 def ssedeploy(command, *args, inventory: str = "inventories/sandbox.py", **kw):
@@ -80,7 +87,7 @@ def test_drift_works_without_secrets_or_a_built_app(deployed, target, tmp_path):
     pyinfra_deploy()
     result = ssedeploy("drift", inventory=str(inventory))
     out = result.stdout + result.stderr
-    assert "skipped in drift mode: /etc/sseapp/env (secrets are not available here)" in out
+    assert f"skipped in drift mode: {ENV} (secrets are not available here)" in out
     assert "skipped in drift mode: the release (no built app at /nowhere/build)" in out
     assert result.returncode == 0, out
 

@@ -8,6 +8,10 @@ import subprocess
 import paramiko
 import pytest
 
+from roles import app as app_role
+from roles import nginx as nginx_role
+from ssedeploy.paths import unit_path
+from ssedeploy.settings import parse
 from ssedeploy.sse import read_stream
 from ssedeploy.testinfra_hosts import get_host
 
@@ -16,8 +20,18 @@ from .helpers import BIN, INSTANCE, pyinfra, pyinfra_deploy, run
 BROWSER = {"Accept-Encoding": "gzip, deflate, br"}
 
 
-def test_deploy_succeeded(first_deploy):
-    assert first_deploy.returncode == 0
+def target_settings():
+    return parse({})  # inventories/sandbox.py sets no settings: the defaults
+
+
+def test_first_deploy_put_nginx_and_the_app_live(first_deploy, target):
+    # (the fixture already failed the session if pyinfra exited non-zero: check what the run did)
+    results, name = first_deploy.results, target["name"]
+    assert results.failed_at(name) is None
+    assert results.of(name, nginx_role.reported(nginx_role.TREE)) == "changed"
+    assert results.of(name, nginx_role.reported(nginx_role.RESTART)) == "changed"  # a fresh nginx package
+    assert results.of(name, nginx_role.reported(nginx_role.REVISION_CHECK)) == "changed"
+    assert results.of(name, app_role.reported(f"{app_role.UNIT} {unit_path(target_settings())}")) == "changed"
 
 
 def test_nginx_and_app_are_running_and_enabled(host):

@@ -3,9 +3,9 @@
 import crossplane
 import pytest
 
-from roles.app import unit
+from roles.app import KEEP_ALIVE_MS, unit
 from ssedeploy import nginx
-from ssedeploy.settings import parse
+from ssedeploy.settings import Site, parse
 
 LIMITS = nginx.Limits(workers=2, worker_connections=15000, worker_rlimit_nofile=30000, streams=10000)
 
@@ -101,7 +101,7 @@ def test_revision_is_served_on_loopback_only_and_tracks_the_config(tmp_path):
     _, rev = nginx.render_tree(parse({}), "1.22.1", LIMITS)
     _, other = nginx.render_tree(parse({"site": {"sse_paths": ["/events"]}}), "1.22.1", LIMITS)
     assert rev != other and len(rev) == 16
-    revision = next(s for s in servers(parsed(tmp_path, {})) if args_of(s, "listen") == [["127.0.0.1:8573"]])
+    revision = next(s for s in servers(parsed(tmp_path, {})) if args_of(s, "listen") == [[f"127.0.0.1:{Site().revision_port}"]])
     assert locations(revision)["= /ssedeploy/revision"]["return"] == ["200", f"{rev}\\n"]
 
 
@@ -167,7 +167,7 @@ def test_app_unit_binds_loopback_stops_fast_and_keeps_secrets_out():
     lines = text.splitlines()
     assert "Environment=HOSTNAME=127.0.0.1" in lines
     assert "Environment=PORT=4000" in lines
-    assert "Environment=KEEP_ALIVE_TIMEOUT=65000" in lines  # > nginx's upstream keepalive_timeout 60 s
+    assert f"Environment=KEEP_ALIVE_TIMEOUT={KEEP_ALIVE_MS}" in lines and KEEP_ALIVE_MS > 60_000  # nginx's 60 s
     assert "User=web" in lines and "WorkingDirectory=/srv/web/current" in lines
     assert "ExecStart=/usr/bin/node server.js" in lines
     assert "TimeoutStopSec=15" in lines and "KillMode=mixed" in lines
@@ -180,7 +180,7 @@ def test_app_unit_binds_loopback_stops_fast_and_keeps_secrets_out():
 @pytest.mark.parametrize("start,command,want", [
     ("standalone", None, "/usr/bin/node server.js"),
     ("next-start", None, "/usr/bin/node node_modules/next/dist/bin/next start -H 127.0.0.1 -p 3000 "
-                         "--keepAliveTimeout 65000"),
+                         f"--keepAliveTimeout {KEEP_ALIVE_MS}"),
     ("command", "/usr/bin/node dist/main.js", "/usr/bin/node dist/main.js"),
 ])
 def test_app_start_modes(start, command, want):
