@@ -1,4 +1,5 @@
 #!/bin/sh
+set -eu  # stop on the first failed command or unset variable
 # Switch an app to a release (or back to the previous one), restart it and check it;
 # if the check fails, switch back and restart the one that worked. Run by systemd-run
 # as a transient unit, so a dropped SSH connection cannot cut it in half.
@@ -10,7 +11,6 @@
 # records where `current` and `previous` pointed; it is removed once the app runs a checked
 # release or has been switched back. A run that finds it puts both links back first, then
 # activates as asked (and restarts the unit, whose state it cannot know).
-set -eu
 app_dir=$1 unit=$2 target=$3 keep=$4 port=$5 health=$6 sse=$7 check_js=$8
 journal=activate-in-progress
 

@@ -1,4 +1,5 @@
 #!/bin/sh
+set -eu  # stop on the first failed command or unset variable
 # Swap a staged nginx config into the live tree, test the whole tree, and put the backup
 # back if `nginx -t` fails. Never starts or reloads nginx. Run by `systemd-run` as a
 # transient unit, so a dropped SSH connection cannot cut it in half.
@@ -12,7 +13,6 @@
 # revision recorded with it); it is removed only once the tree is whole again. A run that
 # finds a journal first puts that backup back whole, then swaps. The revision is recorded
 # only after `nginx -t` passed on the whole new tree.
-set -eu
 stage=$1
 keep=$2
 live=$3

@@ -1,9 +1,9 @@
 #!/bin/sh
+set -eu  # stop on the first failed command or unset variable
 # Wait until nginx serves the config revision the swap recorded (a reload is asynchronous:
 # old workers answer until new ones take over). Inlined by roles/nginx.py with `sh -c`.
 # Usage: revision-wait.sh REVISION_FILE TIMEOUT_S FETCH   (TIMEOUT_S: whole seconds)
 #   FETCH: shell command that prints the loopback revision response
-set -eu
 file=$1 timeout=$2 fetch=$3
 if [ ! -s "$file" ]; then
     echo "ssedeploy: no config revision recorded in $file: the config swap has not completed" >&2
