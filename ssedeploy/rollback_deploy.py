@@ -4,7 +4,7 @@ from pyinfra import host
 
 from ssedeploy.deploy_lock import hold
 from ssedeploy.run_results import record_run
-from ssedeploy.operations.app_release import app_activate
+from ssedeploy.operations import app_activate
 from ssedeploy.paths import app_dir
 from ssedeploy.settings import for_host
 

@@ -2,15 +2,14 @@
 module per thing they manage:
 
 - nginx_tree: the nginx tree staged, swapped, tested, restored (`nginx_config`)
-- app_release: an app release uploaded (`app_release`), made live or rolled back (`app_activate`)
+- app: an app release uploaded (`app_release`), made live or rolled back (`app_activate`)
 - files: a file whose content is never shown (`private_file`)
 - util: what they share (`report_differences`, `detached`, `host_limits`, `SCRIPTS`)
 
-Everything is re-exported here. (So `ssedeploy.operations.app_release` is the operation, not its module:
-import the module's other names from `ssedeploy.operations.app_release` itself.)
+Everything is re-exported here.
 """
 
-from .app_release import APP_STATE, app_activate, app_release
+from .app import APP_STATE, app_activate, app_release
 from .files import private_file
 from .nginx_tree import LIVE, SWAP_SCRIPT, nginx_config
 from .util import SCRIPTS, detached, host_limits, report_differences
