@@ -149,12 +149,11 @@ def default_listens(dump: str) -> list[tuple[str, int, str]]:
     """(file, port, listen line) of every `listen ... default_server` in the files of an `nginx -T` dump."""
     found = []
     for path, text in dump_files(dump).items():
-        with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "f.conf").write_text(text)
-            parsed = crossplane.parse(str(Path(tmp, "f.conf")), single=True, check_ctx=False, comments=False)
-        if parsed["status"] != "ok":
-            continue
-        for d, _ in walk(parsed["config"][0]["parsed"]):
+        try:
+            directives = parse_dump(text)
+        except ValueError:
+            continue  # a file nginx itself could not load claims nothing
+        for d, _ in walk(directives):
             args = d["args"]
             if d["directive"] == "listen" and args and {"default_server", "default"} & set(args[1:]):
                 port = listen_port(args[0])

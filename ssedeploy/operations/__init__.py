@@ -9,10 +9,10 @@ module per thing they manage:
 Everything is re-exported here.
 """
 
-from .app import APP_STATE, app_activate, app_release
+from .app import app_activate, app_release
 from .files import private_file
-from .nginx_tree import LIVE, SWAP_SCRIPT, nginx_config
+from .nginx_tree import nginx_config
 from .util import SCRIPTS, detached, host_limits, report_differences
 
-__all__ = ["APP_STATE", "LIVE", "SCRIPTS", "SWAP_SCRIPT", "app_activate", "app_release", "detached",
-           "host_limits", "nginx_config", "private_file", "report_differences"]
+__all__ = ["SCRIPTS", "app_activate", "app_release", "detached", "host_limits", "nginx_config", "private_file",
+           "report_differences"]

@@ -13,8 +13,6 @@ from ..paths import STATE
 from ..settings import Settings
 from .util import SCRIPTS, detached, report_differences
 
-APP_STATE = STATE  # uploads and the activation scripts
-
 
 @operation()
 def app_release(archive: str, release: str, app_dir: str, cache_dir: str):
@@ -30,8 +28,8 @@ def app_release(archive: str, release: str, app_dir: str, cache_dir: str):
     if host.get_fact(PathStates, paths=[target]).get(target) == ("D", ""):
         host.noop(f"release {release} is on the host")
         return
-    upload = f"{APP_STATE}/upload-{release}.tar.gz"
-    yield f"mkdir -p {APP_STATE} {app_dir}/releases"
+    upload = f"{STATE}/upload-{release}.tar.gz"
+    yield f"mkdir -p {STATE} {app_dir}/releases"
     yield FileUploadCommand(archive, upload)
     yield (
         f"rm -rf {target}.tmp && mkdir -p {target}.tmp && tar -xzf {upload} -C {target}.tmp --no-same-owner "
@@ -61,10 +59,10 @@ def app_activate(settings: Settings, release: str | None, app_dir: str, force: b
     if release and not force:
         report_differences([f"{app_dir}/current -> releases/{release} (now {current[1] if current else 'none'})"])
     app = settings.app
-    yield FileUploadCommand(str(SCRIPTS / "app-check.js"), f"{APP_STATE}/app-check.js")
-    yield FileUploadCommand(str(SCRIPTS / "app-activate.sh"), f"{APP_STATE}/app-activate.sh")
+    yield FileUploadCommand(str(SCRIPTS / "app-check.js"), f"{STATE}/app-check.js")
+    yield FileUploadCommand(str(SCRIPTS / "app-activate.sh"), f"{STATE}/app-activate.sh")
     yield detached(
         f"ssedeploy-{app.name}-activate",
-        f"/bin/sh {APP_STATE}/app-activate.sh {app_dir} {app.name}.service {release or '--previous'} "
-        f"{app.keep_releases} {app.port} {app.health_path} {settings.site.sse_paths[0]} {APP_STATE}/app-check.js",
+        f"/bin/sh {STATE}/app-activate.sh {app_dir} {app.name}.service {release or '--previous'} "
+        f"{app.keep_releases} {app.port} {app.health_path} {settings.site.sse_paths[0]} {STATE}/app-check.js",
     )

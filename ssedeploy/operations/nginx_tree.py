@@ -16,8 +16,6 @@ from ..paths import NGINX_STATE
 from ..settings import Settings
 from .util import SCRIPTS, detached, host_limits, report_differences
 
-SWAP_SCRIPT = SCRIPTS / "nginx-swap.sh"
-LIVE = nginx.LIVE
 
 
 @operation()
@@ -41,9 +39,9 @@ def nginx_config(settings: Settings, state_dir: str = NGINX_STATE):
     """
     version = host.get_fact(NginxVersion) or settings.nginx.version
     files, revision = nginx.render_tree(settings, version, host_limits(settings))
-    want = {f"{LIVE}/{rel}": ("F", hashlib.sha256(text.encode()).hexdigest()) for rel, text in files.items()}
-    want |= {f"{LIVE}/{rel}": ("L", target) for rel, target in nginx.LINKS.items()}
-    want |= {f"{LIVE}/{rel}": None for rel in nginx.REMOVED}
+    want = {f"{nginx.LIVE}/{rel}": ("F", hashlib.sha256(text.encode()).hexdigest()) for rel, text in files.items()}
+    want |= {f"{nginx.LIVE}/{rel}": ("L", target) for rel, target in nginx.LINKS.items()}
+    want |= {f"{nginx.LIVE}/{rel}": None for rel in nginx.REMOVED}
     # nginx-swap.sh's journal: a swap cut short left /etc/nginx part old, part new, untested.
     want |= {f"{state_dir}/swap-in-progress": None}
     current = host.get_fact(PathStates, paths=sorted(want))
@@ -61,6 +59,6 @@ def nginx_config(settings: Settings, state_dir: str = NGINX_STATE):
     yield FileUploadCommand(StringIO(links), f"{stage}/links")
     yield FileUploadCommand(StringIO("".join(f"{rel}\n" for rel in nginx.REMOVED)), f"{stage}/remove")
     yield FileUploadCommand(StringIO(revision + "\n"), f"{stage}/revision")
-    yield FileUploadCommand(str(SWAP_SCRIPT), f"{state_dir}/nginx-swap.sh")
+    yield FileUploadCommand(str(SCRIPTS / "nginx-swap.sh"), f"{state_dir}/nginx-swap.sh")
     yield detached(f"ssedeploy-nginx-{revision}",
-                   f"/bin/sh {state_dir}/nginx-swap.sh {stage} {settings.nginx.backups} {LIVE} {state_dir}")
+                   f"/bin/sh {state_dir}/nginx-swap.sh {stage} {settings.nginx.backups} {nginx.LIVE} {state_dir}")

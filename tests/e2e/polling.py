@@ -1,23 +1,12 @@
-"""Waiting in tests: poll a condition until a deadline, never a fixed sleep."""
+"""Waiting for streams in e2e tests: polled until a deadline (tests/polling.py), never a fixed sleep."""
 
 from __future__ import annotations
 
-import time
-
-import pytest
-
 from ssedeploy.sse import StreamResult, read_stream
 
+from ..polling import wait_until
 
-def wait_until(condition, seconds: float, what: str, every: float = 0.2):
-    """Poll `condition` until it returns a true value (returned) or the deadline passes (the test fails)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"not within {seconds} s: {what}")
+__all__ = ["first_event", "open_streams", "streaming", "wait_until"]
 
 
 def first_event(address: str, port: int = 80, path: str = "/api/stream") -> StreamResult | None:

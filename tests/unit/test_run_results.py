@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from pyinfra import host
@@ -56,17 +57,23 @@ def out(tmp_path, monkeypatch):
     return path
 
 
-def ops(data: dict, name: str = "@local") -> list[tuple[str, str, list[str]]]:
-    return [(o["name"], o["result"], o["files"]) for o in data["hosts"][name]["operations"]]
-
-
-def test_a_run_records_changed_and_no_change_with_the_files_named_in_op_order(out, tmp_path):
+def one_new_one_old(tmp_path) -> tuple[State, Path]:
+    """A recorded run on @local whose first operation makes a new file and whose second finds one there."""
     new, old = tmp_path / "new", tmp_path / "old"
     old.touch()
     state = local_state()
     record_run(state)
     add_op(state, present, name="make new", path=str(new))
     add_op(state, present, name="make old", path=str(old))
+    return state, new
+
+
+def ops(data: dict, name: str = "@local") -> list[tuple[str, str, list[str]]]:
+    return [(o["name"], o["result"], o["files"]) for o in data["hosts"][name]["operations"]]
+
+
+def test_a_run_records_changed_and_no_change_with_the_files_named_in_op_order(out, tmp_path):
+    state, new = one_new_one_old(tmp_path)
     add_op(state, server.shell, name="say hi", commands=["true"])
     finish(state)
     data = json.loads(out.read_text())
@@ -91,12 +98,7 @@ def test_a_failed_operation_names_the_host_and_what_came_after_did_not_run(out, 
 
 
 def test_a_dry_run_says_what_would_change_and_names_files_without_touching_anything(out, tmp_path):
-    new, old = tmp_path / "new", tmp_path / "old"
-    old.touch()
-    state = local_state()
-    record_run(state)
-    add_op(state, present, name="make new", path=str(new))
-    add_op(state, present, name="make old", path=str(old))
+    state, new = one_new_one_old(tmp_path)
     add_op(state, server.shell, name="if needed", commands=["true"], _if=lambda: True)
     note(state.inventory.get_host("@local"), "skipped in drift mode: the release")
     finish(state, execute=False)

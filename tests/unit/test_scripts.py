@@ -11,7 +11,6 @@ import shutil
 import stat
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,8 @@ from roles.nginx import served_revision_check
 from ssedeploy.deploy_lock import BUSY, holder_command
 from ssedeploy.operations import SCRIPTS
 from ssedeploy.settings import parse
+
+from ..polling import wait_until
 
 # Each stub appends what it was asked to $STUB_LOG.
 STUBS = {
@@ -443,15 +444,6 @@ def test_activate_has_no_fault_point_beyond_the_table(tmp_path, env, scenario):
 
 # -- deploy-lock.sh (through the command deploy_lock.py runs) ------------------------------------------
 
-def until(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"not within {seconds} s: {what}")
-
-
 @pytest.fixture
 def lock(tmp_path, env):
     """Start holders of a lock in tmp_path, with the real flock and the stub logger."""
@@ -513,7 +505,7 @@ def test_shared_holders_coexist_and_keep_an_exclusive_one_out(lock):
 def test_lock_is_given_up_when_nothing_arrives_for_the_lease(lock, env):
     holder = lock(lease=1)  # its stdin stays open but silent: the network vanished
     assert holder.stdout.readline() == "locked\n"
-    assert until(lambda: holder.poll() is not None, 30, "the holder gave up") and holder.returncode == 0
+    assert wait_until(lambda: holder.poll() is not None, 30, "the holder gave up") and holder.returncode == 0
     assert any("released by" in c for c in calls(env, "logger"))
     assert lock().stdout.readline() == "locked\n"
 
@@ -555,7 +547,7 @@ def test_revision_wait_succeeds_once_nginx_serves_the_recorded_revision(served, 
     (tmp_path / "revision").write_text(GOOD_REV + "\n")
     served["body"] = OLD_REV + "\n"
     waiting = revision_wait(served, tmp_path, timeout=60)
-    until(lambda: served["requests"] >= 2, 30, "the revision asked for")  # still the old one: it polls
+    wait_until(lambda: served["requests"] >= 2, 30, "the revision asked for")  # still the old one: it polls
     assert waiting.poll() is None
     served["body"] = GOOD_REV + "\n"  # the new workers took over
     assert waiting.wait(timeout=30) == 0
