@@ -5,6 +5,9 @@ operation is queued: one bad value anywhere stops the whole run with a message n
 the host, field and value, and no host is touched. (`ssedeploy check` does the same
 offline, without connecting.) Then the host's deploy lock is taken: one run at a time
 per host (ssedeploy/deploy_lock.py).
+
+nginx goes first, its upstream at the instance it serves now; the app's release then
+starts on the idle instance and switches nginx to it once checked (roles/app.py).
 """
 
 from pyinfra import host, inventory
@@ -21,5 +24,5 @@ settings = for_host(host, offline=DRIFT)
 record_run(host.state)
 hold(host, shared=DRIFT)
 
-app(settings)
 nginx(settings)
+app(settings)

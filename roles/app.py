@@ -1,10 +1,12 @@
-"""The Node app (zero-dependency example or a real Next.js build) as a hardened systemd service.
+"""The Node app (zero-dependency example or a real Next.js build) as two instances of a hardened systemd
+template unit, <app>@<port>.service, so that a release never stops the one that serves.
 
-Releases are uploaded as one archive to /srv/<app>/releases/<content hash> and made
-live by switching the `current` link; the deploy then checks the app (health path and
-a first SSE block on loopback) and switches back to the previous release if the check
-fails. Environment lives in /etc/<app>/env (root:<app>, 0640), secrets included,
-never printed and never in the unit.
+Releases are uploaded as one archive to /srv/<app>/releases/<content hash>. A release (new code, a new
+environment or unit, a rollback) starts on the idle instance and is checked there (health path and a
+first SSE block on every SSE path) before any client can reach it; then nginx's upstream is switched to
+it and the old instance drains (ssedeploy/instances.py, scripts/app-release.sh). A release that fails
+its check never gets a request. Environment lives in /etc/<app>/env (root:<app>, 0640), secrets
+included, never printed and never in the unit.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pyinfra.operations import apt, files, server, systemd
 from roles import APT_LOCK_WAIT
 from ssedeploy import release
 from ssedeploy.facts import PathStates
-from ssedeploy.operations import app_activate, app_release, host_limits, private_file
+from ssedeploy.operations import app_live, app_release, app_settle, host_limits, private_file
 from ssedeploy.paths import STATE, app_dir, cache_dir, env_path, restart_marker, unit_path
 from ssedeploy.render import render
 from ssedeploy.run_results import note
@@ -32,10 +34,11 @@ from ssedeploy.settings import SettingsError
 DRIFT = os.environ.get("SSEDEPLOY_DRIFT") == "1"
 
 ROLE = "app"  # the @deploy's name: pyinfra reports each operation below as "app | <name>"
-# Operations the tests look for, by name (UNIT is followed by the unit's path).
+# Operations the tests look for, by name (UNIT is followed by the unit's path, LIVE by the release).
 UNIT = "App systemd unit"
-NOTE_RESTART = "Restart pending (unit or environment changes)"
-RESTART = "Restart and check (unit or environment changed)"
+NOTE_PENDING = "Release pending (unit or environment changes)"
+LIVE = "Live on the idle instance, checked, switched to, old one draining:"
+SETTLE = "App instances settled"
 # The app's idle keep-alive, longer than nginx's upstream keepalive_timeout (60 s): nginx, not Node, closes
 # an idle upstream connection, so nginx never reuses a socket Node is just closing (a 502).
 KEEP_ALIVE_MS = 65000
@@ -47,28 +50,25 @@ def reported(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class RestartPlan:
-    pending: bool  # the app owes a restart: systemd reloads its units before a release goes live
+class PendingPlan:
+    pending: bool  # the app owes a release of its unit or environment, even if its code is live
     mark: bool     # mark it on the host now, before the unit or environment file changes
-    restart: bool  # restart and check the app (a release going live has not just done it)
 
 
-def restart_plan(*, marker: bool, on_host: Mapping[str, str | None], wanted: Mapping[str, str],
-                 went_live: bool = False) -> RestartPlan:
-    """Whether the app restarts: `marker`, a restart noted on the host by a run that died before it;
-    `on_host` / `wanted`, the sha256 of each unit or environment file on the host (None: absent) / as this
-    run writes it (a file not in `wanted` is not managed this run); `went_live`, a new release went live,
-    which restarted the app."""
+def pending_plan(*, marker: bool, on_host: Mapping[str, str | None], wanted: Mapping[str, str]) -> PendingPlan:
+    """Whether the app owes a release for its unit or environment: `marker`, noted on the host by a run that
+    died before releasing; `on_host` / `wanted`, the sha256 of each unit or environment file on the host
+    (None: absent) / as this run writes it (a file not in `wanted` is not managed this run)."""
     pending = marker or any(on_host.get(path) != digest for path, digest in wanted.items())
-    return RestartPlan(pending=pending, mark=pending and not marker, restart=pending and not went_live)
+    return PendingPlan(pending=pending, mark=pending and not marker)
 
 
 def exec_start(app) -> str:
     if app.start == "standalone":
         return "/usr/bin/node server.js"
     if app.start == "next-start":
-        return ("/usr/bin/node node_modules/next/dist/bin/next start -H 127.0.0.1 "
-                f"-p {app.port} --keepAliveTimeout {KEEP_ALIVE_MS}")
+        return (f"/usr/bin/node node_modules/next/dist/bin/next start -H {app.bind} "
+                f"-p ${{PORT}} --keepAliveTimeout {KEEP_ALIVE_MS}")
     return app.command
 
 
@@ -116,21 +116,16 @@ def app(settings):
     unit_file = unit_path(settings)
     unit_text = unit(settings, host_limits(settings).worker_rlimit_nofile)
     env_text = release.env_file(values) if values is not None else None
-    # Noted on the host before the unit or environment changes and cleared once the app restarted:
-    # a run that dies in between leaves the note, so the next run restarts though no file differs.
+    # Noted on the host before the unit or environment changes and cleared once a release with them is live:
+    # a run that dies in between leaves the note, so the next run releases though no file differs.
     marker = restart_marker(settings)
     texts = {unit_file: unit_text, **({env_path(settings): env_text} if env_text is not None else {})}
     wanted = {path: sha256(text.encode()).hexdigest() for path, text in texts.items()}
     now = host.get_fact(PathStates, paths=[*wanted, marker])
     on_host = {path: state[1] if state and state[0] == "F" else None for path, state in now.items()}
-
-    def decide(went_live: bool = False) -> RestartPlan:
-        return restart_plan(marker=now.get(marker) is not None, on_host=on_host, wanted=wanted,
-                            went_live=went_live)
-
-    ahead = decide()
+    ahead = pending_plan(marker=now.get(marker) is not None, on_host=on_host, wanted=wanted)
     if ahead.mark:
-        server.shell(name=NOTE_RESTART, commands=[f"mkdir -p {STATE} && touch {marker}"])
+        server.shell(name=NOTE_PENDING, commands=[f"mkdir -p {STATE} && touch {marker}"])
     if env_text is not None:
         private_file(name=f"App environment {env_path(settings)} (values not shown)", content=env_text,
                      dest=env_path(settings), user="root", group=user, mode="640")
@@ -139,14 +134,10 @@ def app(settings):
 
     if DRIFT and not os.path.isdir(a.source):
         note(host, f"skipped in drift mode: the release (no built app at {a.source})")
-        systemd.service(name=f"{a.name} is enabled and running", service=a.name, running=True, enabled=True)
-        return
-    archive, release_hash = release.build(a.source)
-    app_release(name=f"Release {release_hash} on the host", archive=archive, release=release_hash,
-                app_dir=app_dir(settings), cache_dir=cache_dir(settings))
-    live = app_activate(name=f"Release {release_hash} live and checked", settings=settings, release=release_hash,
-                        app_dir=app_dir(settings))
-    app_activate(name=RESTART, settings=settings, release=release_hash, app_dir=app_dir(settings), force=True,
-                 _if=lambda: decide(went_live=live.did_change()).restart)
-    files.file(name="Restart done", path=marker, present=False)
-    systemd.service(name=f"{a.name} is enabled and running", service=a.name, running=True, enabled=True)
+    else:
+        archive, release_hash = release.build(a.source)
+        app_release(name=f"Release {release_hash} on the host", archive=archive, release=release_hash,
+                    app_dir=app_dir(settings), cache_dir=cache_dir(settings))
+        app_live(name=f"{LIVE} {release_hash}", settings=settings, release=release_hash, pending=ahead.pending)
+        files.file(name="Release pending done", path=marker, present=False)
+    app_settle(name=SETTLE, settings=settings)

@@ -59,16 +59,52 @@ def _check(args) -> int:
     return check(args.inventory, args.limit.split(",") if args.limit else None)
 
 
-def _rollback(args) -> int:
-    """Run the rollback deploy with pyinfra, from the checkout so roles/ and templates/ are found."""
+def _pyinfra(args, deploy_file: str, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of ssedeploy's deploy files with pyinfra, from the checkout so roles/ and templates/ are found."""
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", os.path.abspath(args.inventory),
-           str(repo / "ssedeploy" / "rollback_deploy.py")]
+    cmd = [str(Path(sys.executable).with_name("pyinfra")), *flags, os.path.abspath(args.inventory),
+           str(repo / "ssedeploy" / deploy_file)]
     if args.limit:
         cmd[1:1] = ["--limit", args.limit]
-    return subprocess.run(cmd, cwd=repo).returncode
+    return subprocess.run(cmd, cwd=repo, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                          **({"capture_output": True, "text": True} if "--dry" in flags else {}))
+
+
+def _rollback(args) -> int:
+    return _pyinfra(args, "rollback_deploy.py", "-y", env={"SSEDEPLOY_ROLLBACK_TO": args.to or ""}).returncode
+
+
+def _releases(args) -> int:
+    """Each host's kept releases, newest made live first: read with a dry run, printed from its results."""
+    import tempfile
+    from pathlib import Path
+
+    from . import run_results
+
+    with tempfile.TemporaryDirectory(prefix="ssedeploy-releases-") as tmp:
+        path = Path(tmp) / "results.json"
+        run = _pyinfra(args, "releases_deploy.py", "--dry", env={"SSEDEPLOY_RESULTS": str(path)})
+        try:
+            data = run_results.load(path)
+        except run_results.ResultsError as e:
+            _err(run.stdout + run.stderr + f"\nssedeploy releases: {e}")
+            return 3
+    if run.returncode or data["failed_hosts"]:
+        _err(run.stdout + run.stderr)
+    if args.json:
+        print(json.dumps({name: h["facts"].get("releases") for name, h in data["hosts"].items()}, indent=2))
+        return 1 if data["failed_hosts"] else 0
+    for name, h in data["hosts"].items():
+        rows = h["facts"].get("releases")
+        if rows is None:
+            print(f"{name}: could not read its releases ({h['failed_at']})")
+            continue
+        print(f"{name}: {len(rows)} release(s) kept" + ("" if rows else " (none deployed yet)"))
+        for row in rows[: args.limit_releases]:
+            print(f"  {row['id']}  {row['made_live'] or 'never live':20}  {row['state']}")
+    return 1 if data["failed_hosts"] else 0
 
 
 def _probe(args) -> int:
@@ -128,10 +164,19 @@ def parser() -> argparse.ArgumentParser:
     ck.add_argument("inventory")
     ck.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")
     ck.set_defaults(func=_check)
-    rb = sub.add_parser("rollback", help="make each host's previous app release live again (and check it)")
+    rb = sub.add_parser("rollback", help="make each host's previous (or --to ID) release live again, through the "
+                                         "same start, check, switch and drain as a release")
     rb.add_argument("inventory")
     rb.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")
+    rb.add_argument("--to", help="a kept release's id (or a unique prefix of it) instead of the previous one")
     rb.set_defaults(func=_rollback)
+    rl = sub.add_parser("releases", help="each host's kept releases: when each was made live, which is live and previous")
+    rl.add_argument("inventory")
+    rl.add_argument("--limit", help="comma-separated host or group names, like pyinfra's --limit")
+    rl.add_argument("-n", "--releases", dest="limit_releases", type=int, default=None,
+                    help="show at most N releases per host (newest first)")
+    rl.add_argument("--json", action="store_true")
+    rl.set_defaults(func=_releases)
     sb = sub.add_parser("sandbox", help="disposable local hosts (systemd-nspawn)")
     sbsub = sb.add_subparsers(dest="action", required=True)
     name_help = "instance name (default: $SSEDEPLOY_SANDBOX or 'demo')"

@@ -10,6 +10,7 @@ from typing import Literal
 from pyinfra.api import FactBase
 
 from . import nginx
+from .instances import HostInstances, Instance, drain_name, unit_name
 
 Revisions = dict[str, str | None]
 PathState = tuple[str, str]  # ("F", sha256), ("L", link target) or ("D", "")
@@ -54,11 +55,11 @@ class NginxDefaultServers(FactBase[list[tuple[str, int, str]]]):
         return nginx.default_listens("\n".join(output))
 
 
-def revision_request(port: int) -> str:
-    """Shell that prints the loopback revision response (bash's /dev/tcp: no curl needed on the host)."""
+def revision_request(port: int, path: str = nginx.REVISION_PATH) -> str:
+    """Shell that prints a loopback revision server response (bash's /dev/tcp: no curl needed on the host)."""
     return (
         f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port} && "
-        'printf "GET /ssedeploy/revision HTTP/1.0\\r\\n\\r\\n" >&3 && cat <&3\' 2>/dev/null'
+        f'printf "GET {path} HTTP/1.0\\r\\n\\r\\n" >&3 && cat <&3\' 2>/dev/null'
     )
 
 
@@ -129,3 +130,96 @@ class PathStates(FactBase[dict[str, PathState | None]]):
             kind, path, value = (line.split("\t", 2) + ["", ""])[:3]
             states[path] = None if kind == "-" else (kind, value)
         return states
+
+
+class AppInstances(FactBase[HostInstances]):
+    """The app's instances (ssedeploy.instances.HostInstances): the upstream port nginx serves (revision-proven)
+    and the one in its live files, each instance's unit state, release and pending drain, the single unit of
+    ssedeploy before two instances, and the `current`/`previous` releases."""
+
+    def requires_command(self, app: str, app_dir: str, ports, revision_port: int) -> str:
+        return "bash"  # revision_request's /dev/tcp
+
+    def command(self, app: str, app_dir: str, ports, revision_port: int) -> str:
+        site = f"{nginx.LIVE}/{nginx.SITE}"
+
+        def unit(key: str, port: int | None) -> str:
+            u, drain = unit_name(app, port), drain_name(app, port)
+            return (f'printf "{key} %s %s %s %s\\n" "$(systemctl is-active {u} 2>/dev/null || true)" '
+                    f'"$(systemctl is-enabled {u} 2>/dev/null || true)" '
+                    f'"$(systemctl is-active {drain}.timer {drain}.service 2>/dev/null | grep -qx active && echo 1)" '
+                    f'"$(readlink {app_dir}/instances/{port} 2>/dev/null)"')
+
+        return "; ".join([
+            f'printf "served %s\\n" "$({revision_request(revision_port, nginx.UPSTREAM_PATH)} | tail -n 1)"',
+            # The upstream block's one `server ADDRESS:PORT;` line (server blocks open with `server {`).
+            f'printf "files %s\\n" "$(sed -n \'s/^ *server [^ {{]*:\\([0-9][0-9]*\\);.*/\\1/p\' {site} 2>/dev/null | head -n 1)"',
+            *(unit(f"instance {port}", port) for port in ports),
+            f'if [ -f /etc/systemd/system/{unit_name(app, None)} ]; then {unit("legacy -", None)}; fi',
+            f'printf "current %s\\n" "$(readlink {app_dir}/current 2>/dev/null)"',
+            f'printf "previous %s\\n" "$(readlink {app_dir}/previous 2>/dev/null)"',
+        ])
+
+    @staticmethod
+    def default() -> HostInstances:
+        return HostInstances()
+
+    def process(self, output):
+        return parse_instances(output)
+
+
+def _release(link: str) -> str | None:
+    """The release a link names (`releases/ID` or `../releases/ID`)."""
+    match = re.fullmatch(r"(?:\.\./)?releases/([^/]+)", link.strip())
+    return match.group(1) if match else None
+
+
+def parse_instances(lines) -> HostInstances:
+    served_port = served_revision = files_port = current = previous = legacy = None
+    instances: dict[int, Instance] = {}
+    for line in lines:
+        key, _, rest = line.partition(" ")
+        if key == "served":
+            match = re.fullmatch(r"([0-9a-f]{16}) (\d+)", rest.strip())
+            if match:
+                served_revision, served_port = match.group(1), int(match.group(2))
+        elif key == "files" and rest.strip().isdigit():
+            files_port = int(rest.strip())
+        elif key in ("instance", "legacy"):
+            port, active, enabled, draining, link = (rest.split(" ", 4) + [""] * 5)[:5]
+            inst = Instance(active=active or "inactive", enabled=enabled in ("enabled", "enabled-runtime"),
+                            release=_release(link), draining=draining == "1")
+            if key == "legacy":
+                legacy = inst
+            elif port.isdigit():
+                instances[int(port)] = inst
+        elif key == "current":
+            current = _release(rest)
+        elif key == "previous":
+            previous = _release(rest)
+    return HostInstances(served_port=served_port, served_revision=served_revision, files_port=files_port,
+                         instances=instances, legacy=legacy, current=current, previous=previous)
+
+
+class AppReleases(FactBase[dict]):
+    """The releases kept on the host and when each was made live: ``{"kept": {ID: unpacked (epoch s)},
+    "history": [(when, ID, port)]}``, history oldest first (scripts/app-release.sh appends to it)."""
+
+    def command(self, app_dir: str) -> str:
+        return (f'for r in {app_dir}/releases/*; do if [ -d "$r" ]; then '
+                'printf "kept %s %s\\n" "$(basename "$r")" "$(stat -c %Y "$r")"; fi; done; '
+                f'if [ -f {app_dir}/history ]; then sed "s/^/history /" {app_dir}/history; fi')
+
+    @staticmethod
+    def default() -> dict:
+        return {"kept": {}, "history": []}
+
+    def process(self, output):
+        kept, history = {}, []
+        for line in output:
+            parts = line.split()
+            if parts[:1] == ["kept"] and len(parts) == 3 and not parts[1].startswith("."):
+                kept[parts[1]] = int(parts[2]) if parts[2].isdigit() else 0
+            elif parts[:1] == ["history"] and len(parts) == 4:
+                history.append((parts[1], parts[2], int(parts[3]) if parts[3].isdigit() else None))
+        return {"kept": kept, "history": history}

@@ -17,7 +17,8 @@ def inventory_hosts(inventory_path: str, limit: list[str] | None = None) -> list
     """
     from pyinfra.api import Config, State
     from pyinfra.context import ctx_state
-    from pyinfra_cli.inventory import make_inventory
+
+    make_inventory = _make_inventory()
 
     state = State()
     with ctx_state.use(state):
@@ -30,6 +31,24 @@ def inventory_hosts(inventory_path: str, limit: list[str] | None = None) -> list
                 continue
             hosts.append((host.name, host_data(host)))
     return hosts
+
+
+def _make_inventory():
+    """pyinfra's own inventory loader, imported without the gevent monkey-patching that importing
+    pyinfra_cli does to the whole process (for pyinfra's CLI): reading an inventory needs none of it, and
+    the process importing it here (`ssedeploy check`, tests) keeps real threads and sockets."""
+    if "pyinfra_cli" in sys.modules:
+        from pyinfra_cli.inventory import make_inventory
+        return make_inventory
+    from gevent import monkey
+
+    patch_all = monkey.patch_all
+    monkey.patch_all = lambda *args, **kwargs: None
+    try:
+        from pyinfra_cli.inventory import make_inventory
+    finally:
+        monkey.patch_all = patch_all
+    return make_inventory
 
 
 def sandbox_hosts(name: str | None = None) -> list[tuple[str, dict]]:

@@ -32,6 +32,13 @@ DROP_IN = "/etc/systemd/system/nginx.service.d/ssedeploy.conf"
 # After a crash systemd starts nginx again this many seconds later (the drop-in's Restart=on-failure).
 RESTART_SECONDS = 1
 MAX_WORKERS_PER_CPU = 4
+# Marks nginx's own `retry:` answer while the app is unreachable (@sse_retry), so a client, verify or a test
+# can tell it from the app's stream.
+FALLBACK_HEADER = "X-Ssedeploy-Fallback"
+# The loopback revision server's paths: the live config revision, and "REVISION PORT" (the app instance the
+# upstream sends to, under that revision: what the deploy reads as the live instance).
+REVISION_PATH = "/ssedeploy/revision"
+UPSTREAM_PATH = "/ssedeploy/upstream"
 # What every SSE location sends upstream (templates/nginx/sse-location.conf.j2; verify checks the live
 # config against it): the forwarding headers, since one proxy_set_header drops every inherited one, and
 # an empty Accept-Encoding so an app that compresses when asked (Express `compression`, Next.js's
@@ -81,20 +88,32 @@ def tls_paths(settings: Settings) -> tuple[str, str]:
     return f"{TLS_DIR}/{settings.app.name}.crt", f"{TLS_DIR}/{settings.app.name}.key"
 
 
-def render_tree(settings: Settings, version: str, lim: Limits) -> tuple[dict[str, str], str]:
-    """The files ssedeploy owns under /etc/nginx, and the revision that identifies them."""
+def address(host: str, port: int) -> str:
+    """HOST:PORT as nginx writes it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def render_tree(settings: Settings, version: str, lim: Limits, app_port: int | None = None
+                ) -> tuple[dict[str, str], str]:
+    """The files ssedeploy owns under /etc/nginx, and the revision that identifies them.
+
+    `app_port`: the app instance the upstream sends to (default: the first instance's port).
+    """
+    app_port = app_port or settings.app.instance_ports[0]
     new_http2 = version_tuple(version) >= (1, 25, 1)  # `http2 on;` replaced `listen ... http2`
     cert, key = tls_paths(settings)
     conf = render("nginx/nginx.conf.j2", settings=settings, limits=lim, live=LIVE, includes=SITE_INCLUDES)
     site = render(
         "nginx/site.conf.j2", settings=settings, upstream=upstream_name(settings),
+        upstream_server=address(settings.app.bind, app_port), fallback_header=FALLBACK_HEADER,
         read_timeout=settings.proxy_read_timeout, new_http2=new_http2, cert=cert, key=key,
     )
     digest = hashlib.sha256()
     for name, text in ((NGINX_CONF, conf), (SITE, site), *sorted(LINKS.items())):
         digest.update(f"{name}\0{text}\0".encode())
     revision = digest.hexdigest()[:16]
-    site += render("nginx/revision.conf.j2", revision=revision, port=settings.site.revision_port)
+    site += render("nginx/revision.conf.j2", revision=revision, port=settings.site.revision_port, app_port=app_port,
+                   revision_path=REVISION_PATH, upstream_path=UPSTREAM_PATH)
     return {NGINX_CONF: conf, SITE: site}, revision
 
 

@@ -24,7 +24,18 @@ def env_path(settings: Settings) -> str:
 
 
 def unit_path(settings: Settings) -> str:
+    """The app's template unit: one instance per port (APP@PORT.service)."""
+    return f"/etc/systemd/system/{settings.app.name}@.service"
+
+
+def legacy_unit_path(settings: Settings) -> str:
+    """The single unit of ssedeploy before two instances: stopped after the first release, then removed."""
     return f"/etc/systemd/system/{settings.app.name}.service"
+
+
+def history_path(settings: Settings) -> str:
+    """One line per release made live: `WHEN RELEASE PORT` (what `ssedeploy releases` lists)."""
+    return f"{app_dir(settings)}/history"
 
 
 def cache_dir(settings: Settings) -> str:
@@ -33,5 +44,6 @@ def cache_dir(settings: Settings) -> str:
 
 
 def restart_marker(settings: Settings) -> str:
-    """Noted before the app's unit or environment changes, removed once it restarted (roles/app.py)."""
+    """Noted before the app's unit or environment changes, removed once a release with them went live
+    (roles/app.py)."""
     return f"{STATE}/{settings.app.name}.restart-pending"

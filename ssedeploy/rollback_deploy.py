@@ -1,14 +1,45 @@
-"""What `ssedeploy rollback INVENTORY` runs with pyinfra: make each host's previous release live again."""
+"""What `ssedeploy rollback INVENTORY [--to ID]` runs with pyinfra: make a kept release live again through the
+same path as a release (idle instance, check, switch, drain). Without --to ($SSEDEPLOY_ROLLBACK_TO), the
+previous release; an id may be shortened to any unique prefix, as git allows."""
+
+import os
+import shlex
 
 from pyinfra import host
+from pyinfra.operations import server
 
 from ssedeploy.deploy_lock import hold
-from ssedeploy.run_results import record_run
-from ssedeploy.operations import app_activate
+from ssedeploy.facts import AppReleases
+from ssedeploy.operations import app_live, app_settle
+from ssedeploy.operations.app import instances_on_host
 from ssedeploy.paths import app_dir
+from ssedeploy.run_results import record_run
 from ssedeploy.settings import for_host
 
+REFUSED = "Rollback target is a kept release"
 settings = for_host(host)
 record_run(host.state)
 hold(host)
-app_activate(name="Previous release live and checked", settings=settings, release=None, app_dir=app_dir(settings))
+
+
+def target() -> tuple[str | None, str]:
+    """(the release to make live, or None and why not)."""
+    kept = sorted(host.get_fact(AppReleases, app_dir=app_dir(settings))["kept"])
+    wanted = os.environ.get("SSEDEPLOY_ROLLBACK_TO")
+    if not wanted:
+        previous = instances_on_host(settings).previous
+        return (previous, "") if previous else (None, "there is no previous release to roll back to")
+    found = [r for r in kept if r.startswith(wanted)]
+    if len(found) == 1:
+        return found[0], ""
+    what = "is not among" if not found else "matches more than one of"
+    return None, f"release {wanted!r} {what} the releases kept on the host: {', '.join(kept) or 'none'}"
+
+
+release, why = target()
+if release is None:
+    server.shell(name=REFUSED, commands=[f"echo {shlex.quote(f'host {host.name}: {why}')} >&2; exit 1"])
+else:
+    app_live(name=f"Release {release} live again (idle instance, checked, switched to)", settings=settings,
+             release=release)
+    app_settle(name="App instances settled", settings=settings)

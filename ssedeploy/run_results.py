@@ -16,6 +16,7 @@ does after a run, a dry run and a failure alike (pyinfra_cli/cli.py: `disconnect
             ...
           ],
           "notes": ["skipped in drift mode: the release (no built app at ../myapp)"],
+          "facts": {"releases": [...]},   # what a deploy file reported with `report` (JSON values)
           "failed_at": null      # or the operation the host failed at, or "could not connect"
         }
       },
@@ -85,6 +86,7 @@ class RunResults(BaseStateCallback):
         self.failed: dict[str, str] = {}
         self.files: dict[tuple[str, str], list[str]] = {}
         self.notes: dict[str, list[str]] = {}
+        self.facts: dict[str, dict] = {}
 
     # recorded by the deploy (operations and roles), through name_files and note below
 
@@ -98,6 +100,9 @@ class RunResults(BaseStateCallback):
         notes = self.notes.setdefault(host.name, [])
         if text not in notes:  # deploy files run once per host, but a note may be made again
             notes.append(text)
+
+    def report(self, host, key: str, value) -> None:
+        self.facts.setdefault(host.name, {})[key] = value
 
     # pyinfra's callbacks
 
@@ -138,6 +143,7 @@ class RunResults(BaseStateCallback):
                     for op_hash in order if op_hash in ops
                 ],
                 "notes": self.notes.get(host.name, []),
+                "facts": self.facts.get(host.name, {}),
                 "failed_at": failed.get(host.name),
             }
         return {"format": FORMAT, "executed": executed, "hosts": hosts, "failed_hosts": failed}
@@ -189,6 +195,13 @@ def note(host, text: str) -> None:
     results = _installed(host)
     if results:
         results.note(host, text)
+
+
+def report(host, key: str, value) -> None:
+    """Put what a deploy file read from `host` into the results, under its `facts` (`ssedeploy releases`)."""
+    results = _installed(host)
+    if results:
+        results.report(host, key, value)
 
 
 # -- reading ---------------------------------------------------------------------------------

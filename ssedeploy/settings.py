@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -190,6 +191,16 @@ def _app_source(value: str, info: ValidationInfo) -> str:
     return str(path.resolve())
 
 
+def _address(value: str) -> str:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("must be an IP address (e.g. 127.0.0.1, or the private address proxies reach)") from None
+    if address.is_unspecified:
+        raise ValueError("must be one address, not every address: the app is for nginx only, never the world")
+    return str(address)
+
+
 EnvName = Annotated[str, AfterValidator(_env_name)]
 REPO = Path(__file__).resolve().parents[1]
 RESERVED_ENV = {"NODE_ENV", "PORT", "HOSTNAME", "KEEP_ALIVE_TIMEOUT", "HEARTBEAT_MS"}
@@ -199,7 +210,15 @@ class App(_Model):
     name: Annotated[str, AfterValidator(_unit_name)] = "sseapp"
     # The system user the app runs as (created if missing); default: the app's name.
     user: Annotated[str, AfterValidator(_unit_name)] | None = None
+    # The two instances' ports: a release starts on the idle one while the other serves (default: port, port + 1).
     port: Port = 3000
+    ports: list[Port] | None = Field(default=None, min_length=2, max_length=2)
+    # The address the app listens on (and nginx's upstream names): loopback on one host.
+    bind: Annotated[str, AfterValidator(_address)] = "127.0.0.1"
+    # After a release goes live the old instance keeps its streams this long, then is stopped (SIGTERM) and
+    # ends them with a short `retry:`. 30 s (Kamal's default): requests in flight finish, and with stop_timeout
+    # it stays under nginx.worker_shutdown_timeout, so the app, not nginx, ends each stream.
+    drain_seconds: int = Field(default=30, ge=0, le=3600)
     heartbeat_seconds: int = Field(default=15, ge=1, le=300)
     # `standalone`: `node server.js` (Next.js output: 'standalone', or any app with a server.js);
     # `next-start`: `next start` from the release's node_modules; `command`: `command` below.
@@ -230,6 +249,15 @@ class App(_Model):
             if clash:
                 raise _CrossFieldError(("app", field), sorted(clash),
                                        "ssedeploy sets these itself (from app.port, app.heartbeat_seconds)")
+        if self.ports is not None:
+            if self.ports[0] == self.ports[1]:
+                raise _CrossFieldError(("app", "ports"), self.ports, "must be two different ports, one per instance")
+            if "port" in self.model_fields_set and self.port != self.ports[0]:
+                raise _CrossFieldError(("app", "port"), self.port,
+                                       f"differs from app.ports[0] ({self.ports[0]}): set app.ports alone")
+        elif self.port == 65535:
+            raise _CrossFieldError(("app", "port"), self.port,
+                                   "needs app.port + 1 free for the second instance: choose both with app.ports")
         if set(self.env) & set(self.secret_env):
             raise _CrossFieldError(("app", "secret_env"), sorted(set(self.env) & set(self.secret_env)),
                                    "a variable is either in env or in secret_env, not both")
@@ -240,9 +268,9 @@ class App(_Model):
         return self.user or self.name
 
     @property
-    def ports(self) -> list[int]:
-        """Every port an instance of the app listens on."""
-        return [self.port]
+    def instance_ports(self) -> tuple[int, int]:
+        """The two instances' ports: a release goes to the one nginx does not send to."""
+        return tuple(self.ports) if self.ports else (self.port, self.port + 1)
 
 
 class Settings(_Model):
@@ -264,15 +292,26 @@ class Settings(_Model):
         if site.revision_port in (site.listen_port, site.tls and site.tls.port):
             raise _CrossFieldError(("site", "revision_port"), site.revision_port,
                                    "must differ from the site's listen and TLS ports")
-        for port in self.app.ports:
+        app = self.app
+        field, value = (("app", "ports"), app.ports) if app.ports else (("app", "port"), app.port)
+        for i, port in enumerate(app.instance_ports):
+            which = "" if app.ports or i == 0 else f"the second instance's port {port} (app.port + 1): "
             if port in site.nginx_ports:
-                raise _CrossFieldError(("app", "port"), port,
-                                       f"nginx listens on {port} ({site.nginx_ports[port]}): the app needs a port "
-                                       "of its own")
+                raise _CrossFieldError(field, value,
+                                       f"{which}nginx listens on {port} ({site.nginx_ports[port]}): the app needs a "
+                                       "port of its own")
             if port < 1024:
-                raise _CrossFieldError(("app", "port"), port,
-                                       "must be 1024 or above: the app runs as an unprivileged user without "
+                raise _CrossFieldError(field, value,
+                                       f"{which}must be 1024 or above: the app runs as an unprivileged user without "
                                        "CAP_NET_BIND_SERVICE (nginx serves the public ports)")
+        overlap = self.app.drain_seconds + self.app.stop_timeout
+        if overlap >= self.nginx.worker_shutdown_timeout:
+            raise _CrossFieldError(
+                ("app", "drain_seconds"), self.app.drain_seconds,
+                f"app.drain_seconds + app.stop_timeout ({overlap} s) must stay below nginx.worker_shutdown_timeout "
+                f"({self.nginx.worker_shutdown_timeout} s): the old instance must end its streams (with a short "
+                "retry:) before nginx's old workers cut them",
+            )
         return self
 
     @property

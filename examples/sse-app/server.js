@@ -56,14 +56,18 @@ function stream(req, res) {
   res.flushHeaders();
   // Browsers fire EventSource `open` only once body bytes arrive, so send something at once.
   res.write('retry: 5000\n: connected\n\n');
-  // A resumed client continues from Last-Event-ID + 1 at the normal cadence: no burst of replayed events.
-  const tick = setInterval(() => {
+  let tick, ping;
+  const entry = { res, closing: false, stop: () => { clearInterval(tick); clearInterval(ping); streams.delete(entry); } };
+  const send = () => {
     n += 1;
     res.write(`id: ${n}\ndata: ${JSON.stringify({ n, ts: Date.now() })}\n\n`);
-  }, INTERVAL_MS);
+    if (entry.closing) goodbye(entry); // shutting down: end right after an event, so the client misses none
+  };
+  // A resumed client gets the event it is owed at once, then the normal cadence (one event, not a burst).
+  if (n > 0) send();
+  tick = setInterval(send, INTERVAL_MS);
   // A comment now and then keeps quiet streams alive through proxy read timeouts (nginx, load balancers).
-  const ping = setInterval(() => res.write(': ping\n\n'), HEARTBEAT_MS);
-  const entry = { res, stop: () => { clearInterval(tick); clearInterval(ping); streams.delete(entry); } };
+  ping = setInterval(() => res.write(': ping\n\n'), HEARTBEAT_MS);
   streams.add(entry);
   req.on('close', entry.stop);
   res.on('close', entry.stop); // also fires if the request side was already closed
@@ -75,7 +79,8 @@ const server = http.createServer((req, res) => {
     return res.end('method not allowed\n');
   }
   const path = req.url.split('?')[0];
-  if (path === '/api/stream') return stream(req, res);
+  // One stream per topic too (/api/stream/<topic>): the same events, to try several SSE paths.
+  if (path === '/api/stream' || path.startsWith('/api/stream/')) return stream(req, res);
   if (path === '/healthz') {
     res.writeHead(200, { 'Content-Type': 'text/plain' });
     return res.end('ok\n');
@@ -94,14 +99,24 @@ const server = http.createServer((req, res) => {
 server.keepAliveTimeout = Number(process.env.KEEP_ALIVE_TIMEOUT) || server.keepAliveTimeout;
 server.headersTimeout = server.keepAliveTimeout + 1000; // must exceed keepAliveTimeout
 
+// On shutdown each stream gets a short `retry:` so browsers come straight back (to another instance) with
+// Last-Event-ID instead of waiting 5 s; random per stream, so many clients return over a second, not in one burst.
+const shutdownRetryMs = () => 500 + Math.floor(Math.random() * 1001); // 500..1500
+
+function goodbye(entry) {
+  entry.stop();
+  const socket = entry.res.socket;
+  entry.res.write(`retry: ${shutdownRetryMs()}\n\n`);
+  entry.res.end(); // the final chunk: a clean end of stream for the client
+  if (socket) socket.destroySoon(); // and close the connection once written, even if keep-alive
+}
+
 function shutdown() {
   server.close(() => process.exit(0)); // stop accepting; exits once every connection is gone
-  for (const { res, stop } of [...streams]) {
-    stop();
-    const socket = res.socket;
-    res.end(); // the final chunk: a clean end of stream for the client
-    if (socket) socket.end(); // and close the connection, even if keep-alive
-  }
+  // Each stream ends right after its next event (within one interval), so its client loses no time but
+  // the retry; any that has not ticked by then (a slow cadence) ends anyway, well within the stop timeout.
+  for (const entry of streams) entry.closing = true;
+  setTimeout(() => { for (const entry of [...streams]) goodbye(entry); }, Math.min(INTERVAL_MS + 250, 2000));
   // Node 18 server.close() leaves idle keep-alive connections open (Node 19+ closes them).
   if (server.closeIdleConnections) server.closeIdleConnections();
   setTimeout(() => process.exit(0), 5000).unref(); // safety net

@@ -2,17 +2,18 @@
 module per thing they manage:
 
 - nginx_tree: the nginx tree staged, swapped, tested, restored (`nginx_config`)
-- app: an app release uploaded (`app_release`), made live or rolled back (`app_activate`)
+- app: an app release uploaded (`app_release`), made live on the idle instance (`app_live`), instances
+  converged (`app_settle`)
 - files: a file whose content is never shown (`private_file`)
 - util: what they share (`report_differences`, `detached`, `host_limits`, `SCRIPTS`)
 
 Everything is re-exported here.
 """
 
-from .app import app_activate, app_release
+from .app import app_live, app_release, app_settle
 from .files import private_file
 from .nginx_tree import nginx_config
 from .util import SCRIPTS, detached, host_limits, report_differences
 
-__all__ = ["SCRIPTS", "app_activate", "app_release", "detached", "host_limits", "nginx_config", "private_file",
+__all__ = ["SCRIPTS", "app_live", "app_release", "app_settle", "detached", "host_limits", "nginx_config", "private_file",
            "report_differences"]

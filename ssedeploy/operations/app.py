@@ -1,17 +1,24 @@
-"""An app release on a host: uploaded once and unpacked beside the others (`app_release`), then made live by
-switching `current`, restarted and checked, and switched back if the check fails (`app_activate`); with
-``release=None`` the previous release goes live again: the rollback `ssedeploy rollback` runs. The
-host-side step is scripts/app-activate.sh."""
+"""An app release on a host: uploaded once and unpacked beside the others (`app_release`), then made live on
+the idle instance, checked, switched to and the old instance drained (`app_live`, scripts/app-release.sh;
+`ssedeploy rollback` runs it too); `app_settle` converges what a run that died left behind."""
 
 from __future__ import annotations
+
+import shlex
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
-from ..facts import PathStates
-from ..paths import STATE
+from .. import nginx
+from ..facts import AppInstances, NginxVersion, PathStates, revision_request
+from ..instances import HostInstances, drain_name, live_port, release_plan, settle_plan, unit_name
+from ..paths import NGINX_STATE, STATE, app_dir, legacy_unit_path
 from ..settings import Settings
+from .nginx_tree import staged
 from .util import SCRIPTS, detached, report_differences
+
+# How long a new instance has to answer its health path (a Next.js start takes a few seconds).
+CHECK_SECONDS = 30
 
 
 @operation()
@@ -39,30 +46,76 @@ def app_release(archive: str, release: str, app_dir: str, cache_dir: str):
     )
 
 
+def instances_on_host(settings: Settings) -> HostInstances:
+    app = settings.app
+    return host.get_fact(AppInstances, app=app.name, app_dir=app_dir(settings), ports=app.instance_ports,
+                         revision_port=settings.site.revision_port)
+
+
 @operation()
-def app_activate(settings: Settings, release: str | None, app_dir: str, force: bool = False):
+def app_live(settings: Settings, release: str, pending: bool = False):
     """
-    Make RELEASE live (or, with ``release=None``, the previous one), restart, check, switch back on failure.
+    Make RELEASE live without stopping what serves: start it on the idle instance, check it there, switch
+    nginx's upstream to it, drain the old one. Nothing is done when RELEASE is what nginx sends to.
 
     + settings: the host's ssedeploy settings
-    + release: the release hash to make live; None rolls back to the previous release
-    + app_dir: the app's directory on the host
-    + force: restart and check even when the release is already live
+    + release: the release hash (on the host already: app_release)
+    + pending: release even if RELEASE is live (its unit or environment changed)
     """
-    # app-activate.sh's journal: an activation cut short may have switched `current` without a checked restart.
-    journal = f"{app_dir}/activate-in-progress"
-    states = host.get_fact(PathStates, paths=[f"{app_dir}/current", journal])
-    current = states.get(f"{app_dir}/current")
-    if release and current == ("L", f"releases/{release}") and states.get(journal) is None and not force:
-        host.noop(f"release {release} is live")
-        return
-    if release and not force:
-        report_differences([f"{app_dir}/current -> releases/{release} (now {current[1] if current else 'none'})"])
     app = settings.app
+    found = instances_on_host(settings)
+    plan = release_plan(found, app.instance_ports, release, pending)
+    if plan is None:
+        host.noop(f"release {release} is live on port {live_port(found, app.instance_ports)}")
+        return
+    report_differences([f"{app_dir(settings)}/instances/{plan.idle} -> releases/{release}, then nginx's upstream -> "
+                        f"port {plan.idle} (now {plan.live or 'none'})"])
     yield FileUploadCommand(str(SCRIPTS / "app-check.js"), f"{STATE}/app-check.js")
-    yield FileUploadCommand(str(SCRIPTS / "app-activate.sh"), f"{STATE}/app-activate.sh")
-    yield detached(
-        f"ssedeploy-{app.name}-activate",
-        f"/bin/sh {STATE}/app-activate.sh {app_dir} {app.name}.service {release or '--previous'} "
-        f"{app.keep_releases} {app.port} {app.health_path} {settings.site.sse_paths[0]} {STATE}/app-check.js",
-    )
+    yield FileUploadCommand(str(SCRIPTS / "app-release.sh"), f"{STATE}/app-release.sh")
+    switch, fetch = "-", "-"
+    if host.get_fact(NginxVersion):
+        _, commands, stage, _ = staged(settings, plan.idle)
+        yield from commands
+        yield FileUploadCommand(str(SCRIPTS / "revision-wait.sh"), f"{NGINX_STATE}/revision-wait.sh")
+        switch = f"{stage}:{settings.nginx.backups}:{nginx.LIVE}:{NGINX_STATE}"
+        fetch = revision_request(settings.site.revision_port)
+    old = None if plan.legacy else plan.old  # the port of what serves; None: the legacy unit (or nothing)
+    old_unit = unit_name(app.name, old) if plan.legacy or plan.old else "-"
+    yield detached(f"ssedeploy-{app.name}-release", shlex.join([
+        "/bin/sh", f"{STATE}/app-release.sh", app_dir(settings), release, str(plan.idle),
+        unit_name(app.name, plan.idle), drain_name(app.name, plan.idle), old_unit, drain_name(app.name, old),
+        str(app.drain_seconds), str(app.keep_releases), switch, fetch,
+        app.bind, app.health_path, str(CHECK_SECONDS), f"{STATE}/app-check.js", *settings.site.sse_paths,
+    ]))
+
+
+@operation()
+def app_settle(settings: Settings):
+    """
+    Converge the instances to the one nginx sends to: stop an old one no drain is pending for (a run died
+    before draining it), start only the live one at boot, record its release (`current`, `previous`, the
+    history), and remove the single unit of ssedeploy before two instances once nothing runs it.
+
+    + settings: the host's ssedeploy settings
+    """
+    found = instances_on_host(settings)
+    todo = settle_plan(found, settings.app.instance_ports, settings.app.name)
+    if not todo:
+        host.noop("the app's instances are settled")
+        return
+    report_differences([*(f"{u} (running, nothing drains it)" for u in todo.stop),
+                        *(f"{u} (enabled)" for u in todo.disable), *([f"{todo.enable} (not enabled)"] if todo.enable else []),
+                        *([f"{app_dir(settings)}/current"] if todo.record else []),
+                        *([legacy_unit_path(settings)] if todo.remove_legacy else [])])
+    for unit in todo.stop:
+        yield f"systemctl stop {unit}"
+    for unit in todo.disable:
+        yield f"systemctl disable --quiet {unit}"
+    if todo.enable:
+        yield f"systemctl enable --quiet {todo.enable}"
+    if todo.record:
+        release, port = todo.record
+        yield FileUploadCommand(str(SCRIPTS / "app-release.sh"), f"{STATE}/app-release.sh")
+        yield f"/bin/sh {STATE}/app-release.sh --record {app_dir(settings)} {release} {port}"
+    if todo.remove_legacy:
+        yield f"rm -f {legacy_unit_path(settings)} && systemctl daemon-reload"

@@ -11,11 +11,42 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
 from .. import nginx
-from ..facts import NginxVersion, PathStates
-from ..paths import NGINX_STATE
+from ..facts import AppInstances, NginxVersion, PathStates
+from ..instances import live_port
+from ..paths import NGINX_STATE, app_dir
 from ..settings import Settings
 from .util import SCRIPTS, detached, host_limits, report_differences
 
+
+def served_app_port(settings: Settings) -> int:
+    """The app instance nginx sends to now (read from the host), or the first one before there is any."""
+    app = settings.app
+    found = host.get_fact(AppInstances, app=app.name, app_dir=app_dir(settings), ports=app.instance_ports,
+                          revision_port=settings.site.revision_port)
+    return live_port(found, app.instance_ports) or app.instance_ports[0]
+
+
+def staged(settings: Settings, app_port: int, state_dir: str = NGINX_STATE):
+    """The tree rendered for this host with its upstream at `app_port`: (want, commands that stage it and
+    upload nginx-swap.sh, the stage's path, revision). `want` maps each path the tree owns to its state."""
+    version = host.get_fact(NginxVersion) or settings.nginx.version
+    files, revision = nginx.render_tree(settings, version, host_limits(settings), app_port)
+    want = {f"{nginx.LIVE}/{rel}": ("F", hashlib.sha256(text.encode()).hexdigest()) for rel, text in files.items()}
+    want |= {f"{nginx.LIVE}/{rel}": ("L", target) for rel, target in nginx.LINKS.items()}
+    want |= {f"{nginx.LIVE}/{rel}": None for rel in nginx.REMOVED}
+    stage = f"{state_dir}/stage-{revision}"
+    dirs = sorted({str(Path(f"{stage}/files/{rel}").parent) for rel in files})
+    commands = [f"rm -rf {stage} && mkdir -p -m 0700 {stage} && mkdir -p {' '.join(dirs)}"]
+    for rel, text in files.items():
+        commands.append(FileUploadCommand(StringIO(text), f"{stage}/files/{rel}"))
+    links = "".join(f"{rel} {target}\n" for rel, target in nginx.LINKS.items())
+    commands += [
+        FileUploadCommand(StringIO(links), f"{stage}/links"),
+        FileUploadCommand(StringIO("".join(f"{rel}\n" for rel in nginx.REMOVED)), f"{stage}/remove"),
+        FileUploadCommand(StringIO(revision + "\n"), f"{stage}/revision"),
+        FileUploadCommand(str(SCRIPTS / "nginx-swap.sh"), f"{state_dir}/nginx-swap.sh"),
+    ]
+    return want, commands, stage, revision
 
 
 @operation()
@@ -26,7 +57,8 @@ def nginx_config(settings: Settings, state_dir: str = NGINX_STATE):
     + settings: the host's ssedeploy settings
     + state_dir: where staging, backups and the live revision are kept (outside /etc/nginx)
 
-    Renders for the installed nginx version, then uploads the files to a staging
+    Renders for the installed nginx version, its upstream at the app instance nginx serves now (a release
+    switches it: operations/app.py), then uploads the files to a staging
     directory and runs one host-side step, detached from the SSH session: back up
     /etc/nginx, swap the staged files in, ``nginx -t``; on failure put the backup back
     and fail with nginx's own message. Nothing is done when the live files match.
@@ -37,11 +69,7 @@ def nginx_config(settings: Settings, state_dir: str = NGINX_STATE):
 
         nginx_config(name="nginx config", settings=settings)
     """
-    version = host.get_fact(NginxVersion) or settings.nginx.version
-    files, revision = nginx.render_tree(settings, version, host_limits(settings))
-    want = {f"{nginx.LIVE}/{rel}": ("F", hashlib.sha256(text.encode()).hexdigest()) for rel, text in files.items()}
-    want |= {f"{nginx.LIVE}/{rel}": ("L", target) for rel, target in nginx.LINKS.items()}
-    want |= {f"{nginx.LIVE}/{rel}": None for rel in nginx.REMOVED}
+    want, commands, stage, revision = staged(settings, served_app_port(settings), state_dir)
     # nginx-swap.sh's journal: a swap cut short left /etc/nginx part old, part new, untested.
     want |= {f"{state_dir}/swap-in-progress": None}
     current = host.get_fact(PathStates, paths=sorted(want))
@@ -49,16 +77,6 @@ def nginx_config(settings: Settings, state_dir: str = NGINX_STATE):
         host.noop(f"nginx config revision {revision} is live")
         return
     report_differences([path for path in sorted(want) if current.get(path) != want[path]])
-
-    stage = f"{state_dir}/stage-{revision}"
-    dirs = sorted({str(Path(f"{stage}/files/{rel}").parent) for rel in files})
-    yield f"rm -rf {stage} && mkdir -p -m 0700 {stage} && mkdir -p {' '.join(dirs)}"
-    for rel, text in files.items():
-        yield FileUploadCommand(StringIO(text), f"{stage}/files/{rel}")
-    links = "".join(f"{rel} {target}\n" for rel, target in nginx.LINKS.items())
-    yield FileUploadCommand(StringIO(links), f"{stage}/links")
-    yield FileUploadCommand(StringIO("".join(f"{rel}\n" for rel in nginx.REMOVED)), f"{stage}/remove")
-    yield FileUploadCommand(StringIO(revision + "\n"), f"{stage}/revision")
-    yield FileUploadCommand(str(SCRIPTS / "nginx-swap.sh"), f"{state_dir}/nginx-swap.sh")
+    yield from commands
     yield detached(f"ssedeploy-nginx-{revision}",
                    f"/bin/sh {state_dir}/nginx-swap.sh {stage} {settings.nginx.backups} {nginx.LIVE} {state_dir}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -25,8 +26,14 @@ def report_differences(paths: list[str]) -> None:
 
 def detached(name: str, command: str) -> str:
     """Run `command` as a transient systemd unit and wait for it: a dropped SSH connection cannot cut it
-    in half, and its output and exit status still come back."""
-    return f"systemd-run --quiet --wait --pipe --collect --unit={name}-{secrets.token_hex(3)} {command}"
+    in half, and its output and exit status still come back.
+
+    Tests only: $SSEDEPLOY_TEST_FAULT=NAME=POINT on the controller kills the host-side script of the unit
+    NAME at its fault point POINT (SSEDEPLOY_FAULT_AT in the scripts), as a power cut there would."""
+    fault = os.environ.get("SSEDEPLOY_TEST_FAULT", "")
+    target, _, point = fault.partition("=")
+    setenv = f" --setenv=SSEDEPLOY_FAULT_AT={point}" if fault and target == name else ""
+    return f"systemd-run --quiet --wait --pipe --collect{setenv} --unit={name}-{secrets.token_hex(3)} {command}"
 
 
 def host_limits(settings: Settings) -> nginx.Limits:

@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 
 from ssedeploy import run_results
+from ssedeploy.facts import AppInstances, parse_instances
+from ssedeploy.instances import HostInstances, live_port, unit_name
 from ssedeploy.inventory import sandbox_host
+from ssedeploy.paths import app_dir
+from ssedeploy.settings import Settings, parse
 from ssedeploy.testinfra_hosts import testinfra_host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,3 +182,25 @@ def booted(name: str, *up_args: str):
 def host_of(info: dict):
     """testinfra Host for one entry of `sandbox status --json` (host key checked, sudo like the deploy)."""
     return testinfra_host(*sandbox_host(info))
+
+
+def instances(host, settings: Settings | None = None) -> HostInstances:
+    """The app's instances on a testinfra host, read with the deploy's own fact (default settings' app)."""
+    settings = settings or parse({})
+    app = settings.app
+    command = AppInstances().command(app=app.name, app_dir=app_dir(settings), ports=app.instance_ports,
+                                     revision_port=settings.site.revision_port)
+    return parse_instances(host.check_output(command).splitlines())
+
+
+def live_unit(host, settings: Settings | None = None) -> str:
+    """The unit of the instance nginx sends new connections to."""
+    settings = settings or parse({})
+    port = live_port(instances(host, settings), settings.app.instance_ports)
+    assert port is not None, "nginx sends to no app instance"
+    return unit_name(settings.app.name, port)
+
+
+def main_pid(host, settings: Settings | None = None) -> str:
+    """The main process of the live instance."""
+    return host.check_output(f"systemctl show -p MainPID --value {live_unit(host, settings)}")

@@ -8,21 +8,19 @@ import time
 
 import pytest
 
-from roles import app as app_role
 from ssedeploy.paths import app_dir, env_path
 from ssedeploy.settings import parse as _parse
 from ssedeploy.sse import read_stream
 
-from .helpers import BIN, REPO, booted, deploy_with, run, host_of
+from .helpers import BIN, REPO, booted, deploy_with, host_of, live_unit, main_pid, run
 from .polling import streaming
+from .releasing import release_op
 
 APP, ENV = app_dir(_parse({})), env_path(_parse({}))  # the default app, as deployed here
 NAME = "e2e-next"
 NEXT = str(REPO / "examples" / "nextjs-sse")
 SECRET = "s3cr3t-value-never-printed"
 BROWSER = {"Accept-Encoding": "gzip, deflate, br"}
-RESTART_OP = app_role.reported(app_role.RESTART)
-
 
 def settings(**app) -> dict:
     return {"app": {"source": NEXT, "env": {"GREETING": "hello"}, "secret_env": ["API_TOKEN"], **app}}
@@ -43,8 +41,8 @@ def deploy(nxt, check=True, **app):
     return deploy_with(settings(**app), nxt["tmp"], instance=NAME, check=check, env={"API_TOKEN": SECRET})
 
 
-def main_pid(host) -> str:
-    return host.check_output("systemctl show -p MainPID --value sseapp")
+def live_port(host) -> str:
+    return live_unit(host).split("@")[1].removesuffix(".service")
 
 
 def test_next_build_streams_through_nginx_like_a_browser(nxt):
@@ -57,15 +55,17 @@ def test_next_build_streams_through_nginx_like_a_browser(nxt):
 
 
 def test_app_headers_at_the_upstream_port(nxt):
-    out = nxt["host"].check_output("curl -s -m 2 -D - -o /dev/null http://127.0.0.1:3000/api/stream || true")
+    port = live_port(nxt["host"])
+    out = nxt["host"].check_output(f"curl -s -m 2 -D - -o /dev/null http://127.0.0.1:{port}/api/stream || true")
     assert re.search(r"(?im)^x-accel-buffering: no", out)
     assert re.search(r"(?im)^cache-control: no-cache, no-transform", out)
     assert not re.search(r"(?im)^content-length:", out)
 
 
 def test_app_listens_on_loopback_only(nxt):
-    sockets = [s for s in nxt["host"].socket.get_listening_sockets() if s.endswith(":3000")]
-    assert sockets == ["tcp://127.0.0.1:3000"]
+    port = live_port(nxt["host"])
+    sockets = [s for s in nxt["host"].socket.get_listening_sockets() if s.endswith(f":{port}")]
+    assert sockets == [f"tcp://127.0.0.1:{port}"]
 
 
 def test_env_file_is_private_and_secrets_stay_out_of_sight(nxt):
@@ -73,7 +73,7 @@ def test_env_file_is_private_and_secrets_stay_out_of_sight(nxt):
     env = host.file(ENV)
     assert (env.user, env.group, env.mode) == ("root", "sseapp", 0o640)
     assert f'API_TOKEN="{SECRET}"' in env.content_string and 'GREETING="hello"' in env.content_string
-    unit = host.file("/etc/systemd/system/sseapp.service").content_string
+    unit = host.file("/etc/systemd/system/sseapp@.service").content_string
     assert SECRET not in unit and f"EnvironmentFile={ENV}" in unit
     assert SECRET not in nxt["first"].stdout + nxt["first"].stderr
     proc = host.check_output("cat /proc/%s/environ | tr '\\0' '\\n'", main_pid(host))
@@ -90,26 +90,28 @@ def test_missing_secret_fails_before_any_operation(nxt):
 
 def test_unit_verifies_clean_and_is_hardened(nxt):
     host = nxt["host"]
-    verify = host.run("systemd-analyze verify /etc/systemd/system/sseapp.service")
+    verify = host.run("systemd-analyze verify /etc/systemd/system/sseapp@.service")
     assert verify.rc == 0 and verify.stdout + verify.stderr == ""
-    security = host.check_output("systemd-analyze security sseapp --no-pager")
-    exposure = float(re.search(r"Overall exposure level for sseapp.service: ([\d.]+)", security).group(1))
+    unit = live_unit(host)
+    security = host.check_output(f"systemd-analyze security {unit} --no-pager")
+    exposure = float(re.search(rf"Overall exposure level for {unit}: ([\d.]+)", security).group(1))
     assert exposure <= 2.0, security
-    nofile = host.check_output("systemctl show -p LimitNOFILE --value sseapp")
+    nofile = host.check_output(f"systemctl show -p LimitNOFILE --value {unit}")
     assert nofile == host.check_output("systemctl show -p LimitNOFILE --value nginx")
 
 
-def test_changing_an_env_var_restarts_once_and_a_rerun_changes_nothing(nxt):
-    host = nxt["host"]
-    before = main_pid(host)
+def test_changing_an_env_var_releases_on_the_other_instance_and_a_rerun_changes_nothing(nxt):
+    host, name = nxt["host"], nxt["info"]["name"]
+    before_unit, before_pid = live_unit(host), main_pid(host)
     changed = deploy(nxt, env={"GREETING": "hi again"})
-    assert changed.results.of(nxt["info"]["name"], RESTART_OP) == "changed"
-    after = main_pid(host)
-    assert after != before
+    assert changed.results.of(name, release_op(changed, name)) == "changed"
+    after_unit = live_unit(host)
+    assert after_unit != before_unit and main_pid(host) != before_pid
+    assert 'GREETING=hi again' in host.check_output("tr '\\0' '\\n' < /proc/%s/environ", main_pid(host))
     again = deploy(nxt, env={"GREETING": "hi again"})
     log = again.stdout + again.stderr
     assert again.results.changed() == [], log
-    assert main_pid(host) == after
+    assert live_unit(host) == after_unit
     deploy(nxt)  # back to the module's settings
 
 
@@ -126,13 +128,14 @@ def resuming_client(address: str, seconds: float, out: dict) -> None:
         time.sleep(0.2)
 
 
-def test_restart_while_streaming_is_fast_never_5xx_and_loses_no_event(nxt):
+def test_a_crash_restart_while_streaming_is_fast_never_5xx_and_loses_no_event(nxt):
+    """The live instance restarted in place (a crash, an operator): nginx's `retry:` answer bridges it."""
     out = {"statuses": [], "ids": [], "fallbacks": 0}
     client = threading.Thread(target=resuming_client, args=(nxt["info"]["address"], 10, out))
     client.start()
     streaming(nxt["host"], nxt["info"]["address"], 1)
     started = time.monotonic()
-    nxt["host"].check_output("systemctl restart sseapp")
+    nxt["host"].check_output(f"systemctl restart {live_unit(nxt['host'])}")
     took = time.monotonic() - started
     client.join()
     assert took < 5, f"systemctl restart took {took:.1f} s with a client streaming (stop timeout 15 s)"
@@ -143,26 +146,28 @@ def test_restart_while_streaming_is_fast_never_5xx_and_loses_no_event(nxt):
     assert ids == list(range(ids[0], ids[0] + len(ids))), f"gap or repeat in event ids: {ids}"
 
 
-def test_a_release_that_fails_its_check_is_rolled_back(nxt, tmp_path):
+def test_a_release_that_fails_its_check_never_goes_live(nxt, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "server.js").write_text("process.exit(1)\n")
     host = nxt["host"]
-    live = host.check_output(f"readlink {APP}/current")
+    live, unit, pid = host.check_output(f"readlink {APP}/current"), live_unit(host), main_pid(host)
     result = deploy_with({"app": {"source": str(broken)}}, nxt["tmp"], instance=NAME, env={"API_TOKEN": SECRET})
     log = result.stdout + result.stderr
     assert result.returncode != 0
-    assert f"[{nxt['info']['name']}]" in log and "failed its check: switched back to " + live in log
+    assert f"[{nxt['info']['name']}]" in log and "failed its check on port" in log and "it got no traffic" in log
     assert host.check_output(f"readlink {APP}/current") == live
+    assert (live_unit(host), main_pid(host)) == (unit, pid), "the live instance was touched"
     stream = read_stream(nxt["info"]["address"], 80, "/api/stream", duration=2.5)
     assert stream.status == 200 and stream.events
 
 
-def test_rollback_command_switches_and_restarts(nxt):
+def test_rollback_command_goes_through_the_idle_instance(nxt):
     host = nxt["host"]
     simple = deploy(nxt, source=str(REPO / "examples" / "sse-app"))
     assert simple.returncode == 0
     assert "node" == host.check_output("ps -o comm= -p %s", main_pid(host))
+    unit = live_unit(host)
     live, previous = host.check_output(f"readlink {APP}/current"), host.check_output(f"readlink {APP}/previous")
     inventory = nxt["tmp"] / "rollback_inv.py"
     inventory.write_text(
@@ -173,5 +178,6 @@ def test_rollback_command_switches_and_restarts(nxt):
     assert result.returncode == 0
     assert host.check_output(f"readlink {APP}/current") == previous
     assert host.check_output(f"readlink {APP}/previous") == live
+    assert live_unit(host) != unit, "the rollback restarted the live instance in place"
     assert "next-server" in host.check_output("ps -o comm= -p %s", main_pid(host))
     assert read_stream(nxt["info"]["address"], 80, "/api/stream", duration=2.5).events

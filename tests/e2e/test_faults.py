@@ -18,8 +18,10 @@ from ssedeploy.paths import NGINX_STATE, env_path
 from ssedeploy.probe import probe
 from ssedeploy.settings import Site, parse as _parse
 
-from .helpers import booted, deploy_with, host_of, ssedeploy, start_deploy, write_inventory
+from .helpers import (booted, deploy_with, host_of, instances, live_unit, main_pid, ssedeploy, start_deploy,
+                      write_inventory)
 from .polling import streaming, wait_until
+from .releasing import build, release_op, settled, watched
 from .streams import consecutive, crowd, follow
 
 ENV = env_path(_parse({}))  # the default app's, as deployed here
@@ -27,7 +29,10 @@ FAULT = "e2e-fault"
 SHUTDOWN = 5  # nginx.worker_shutdown_timeout
 HEARTBEAT = 2  # app.heartbeat_seconds
 READ_TIMEOUT = 4 * HEARTBEAT  # the derived proxy_read_timeout
-SETTINGS = {"nginx": {"worker_shutdown_timeout": SHUTDOWN}, "app": {"heartbeat_seconds": HEARTBEAT}}
+# drain + stop timeout must stay below SHUTDOWN
+SETTINGS = {"nginx": {"worker_shutdown_timeout": SHUTDOWN},
+            "app": {"heartbeat_seconds": HEARTBEAT, "drain_seconds": 1, "stop_timeout": 3}}
+DEFAULTS = _parse(SETTINGS)
 
 
 def settings(extra: list[str] | None = None) -> dict:
@@ -94,15 +99,16 @@ def test_reload_with_200_streams_loses_no_event(one):
 
 def test_app_killed_answers_retry_never_5xx_and_clients_resume(one):
     info, host = one
+    unit = live_unit(host)
     before = dict(line.split("=", 1) for line in host.check_output(
-        "systemctl show -p NRestarts -p MainPID sseapp").splitlines())
+        f"systemctl show -p NRestarts -p MainPID {unit}").splitlines())
     clients = crowd(20, info["address"], seconds=12)
     streaming(host, info["address"], 20)
     killed_at = time.time()
-    host.run_expect([0], "systemctl kill --signal=SIGKILL sseapp")
+    host.run_expect([0], f"systemctl kill --signal=SIGKILL {unit}")
     results = clients.join()
     after = dict(line.split("=", 1) for line in host.check_output(
-        "systemctl show -p NRestarts -p MainPID sseapp").splitlines())
+        f"systemctl show -p NRestarts -p MainPID {unit}").splitlines())
 
     assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1 and after["MainPID"] != before["MainPID"]
     retries = [c for client in results for c in client.connections
@@ -118,11 +124,13 @@ def test_app_killed_answers_retry_never_5xx_and_clients_resume(one):
 
 def quiet_app(host, *env: str) -> None:
     """Override the app's environment with a drop-in (none: back to the deployed unit)."""
-    d = "/etc/systemd/system/sseapp.service.d"
+    unit = live_unit(host)
+    port = unit.split("@")[1].removesuffix(".service")
+    d = f"/etc/systemd/system/{unit}.d"
     body = "[Service]\n" + "".join(f"Environment={e}\n" for e in env)
     host.run_expect([0], f"mkdir -p {d} && printf '{body}' > {d}/zz-fault.conf" if env else f"rm -f {d}/zz-fault.conf")
-    host.run_expect([0], "systemctl daemon-reload && systemctl restart sseapp")
-    host.run_expect([0], "for i in $(seq 50); do curl -sf http://127.0.0.1:3000/healthz && exit 0; sleep 0.1; done; exit 1")
+    host.run_expect([0], f"systemctl daemon-reload && systemctl restart {unit}")
+    host.run_expect([0], f"for i in $(seq 50); do curl -sf http://127.0.0.1:{port}/healthz && exit 0; sleep 0.1; done; exit 1")
 
 
 def test_heartbeats_keep_a_quiet_stream_past_the_read_timeout_and_silence_is_cut(one):
@@ -309,10 +317,10 @@ def test_a_run_killed_between_config_swap_and_reload_is_finished_by_the_next(fle
 
 
 def app_environment(host) -> str:
-    return host.check_output("tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value sseapp)/environ")
+    return host.check_output("tr '\\0' '\\n' < /proc/%s/environ", main_pid(host))
 
 
-def test_a_run_killed_between_environment_change_and_restart_restarts_next_time(fleet, tmp_path):
+def test_a_run_killed_between_environment_change_and_release_releases_next_time(fleet, tmp_path):
     info, host = fleet[2]
     change = {**SETTINGS, "app": {**SETTINGS["app"], "env": {"FAULT_MARK": "1"}}}
     killed_at(start_deploy(change, tmp_path, FAULT, limit=info["name"]),
@@ -324,4 +332,65 @@ def test_a_run_killed_between_environment_change_and_restart_restarts_next_time(
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "FAULT_MARK=1" in app_environment(host).splitlines()
     third = deploy_with(change, tmp_path, FAULT, limit=info["name"])
-    assert third.results.of(info["name"], app_role.reported(app_role.RESTART)) == "no change"
+    assert third.results.changed() == [], third.stdout[-3000:]
+
+
+# -- a release cut short: the host serves throughout, and the next run converges ------------------------
+
+def converged(info, host, tmp_path, data: dict) -> None:
+    """The next run finishes what the cut one left; then a run changes nothing."""
+    again = deploy_with(data, tmp_path, FAULT, limit=info["name"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    settled(host, DEFAULTS)
+    third = deploy_with(data, tmp_path, FAULT, limit=info["name"])
+    assert third.returncode == 0 and third.results.changed() == [], third.results.changed()
+
+
+def served_throughout(r) -> None:
+    assert r.non_200 == 0 and r.fallback_answers == 0 and r.gave_up == 0, r
+    assert r.lost_ids == 0 and r.repeated_ids == 0 and r.clients_unrecovered == 0, r
+
+
+# The host-side release step killed (as a power cut would) after the new instance is checked (5: before the
+# switch) and after nginx serves it (8: before anything is recorded or drained). Every point is in
+# tests/unit/test_scripts.py, with stubs.
+@pytest.mark.parametrize("point", [5, 8])
+def test_a_release_step_killed_after_start_or_switch_leaves_the_host_serving_and_the_next_run_converges(
+        fleet, tmp_path, point):
+    info, host = fleet[1]
+    data = {**SETTINGS, "app": {**SETTINGS["app"], "source": build(tmp_path, f"killed-{point}")}}
+    before = live_unit(host)
+    fault = {"SSEDEPLOY_TEST_FAULT": f"ssedeploy-sseapp-release={point}"}
+    r, cut = watched(info["address"], lambda: deploy_with(data, tmp_path, FAULT, env=fault, limit=info["name"]),
+                     count=50)
+    assert cut.returncode != 0 and cut.results.failed_at(info["name"]) == release_op(cut, info["name"])
+    # the state a step killed there leaves: both instances run; nginx sends to the old one (5) or the new (8)
+    found = instances(host)
+    assert all(i.running and not i.draining for i in found.instances.values()), found
+    assert (live_unit(host) == before) == (point == 5), found
+    served_throughout(r)
+    r, _ = watched(info["address"], lambda: converged(info, host, tmp_path, data), count=50)
+    served_throughout(r)
+
+
+def test_the_controller_killed_mid_release_cannot_cut_the_host_step(fleet, tmp_path):
+    """The release step runs as a transient unit on the host: the controller's death leaves it to finish."""
+    info, host = fleet[1]
+    data = {**SETTINGS, "app": {**SETTINGS["app"], "source": build(tmp_path, "controller-killed")}}
+
+    def step_running() -> bool:
+        return bool(host.run("systemctl list-units --no-legend --state=active,activating "
+                             "'ssedeploy-sseapp-release-*'").stdout.strip())
+
+    def kill_mid_release():
+        proc = start_deploy(data, tmp_path, FAULT, limit=info["name"])
+        try:
+            wait_until(step_running, 60, "the host-side release step running")
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+    r, _ = watched(info["address"], kill_mid_release, count=50)
+    wait_until(lambda: not step_running(), 60, "the release step ends by itself")
+    served_throughout(r)
+    r, _ = watched(info["address"], lambda: converged(info, host, tmp_path, data), count=50)
+    served_throughout(r)

@@ -17,7 +17,7 @@ from ssedeploy.probe import probe
 from ssedeploy.settings import Site
 from ssedeploy.sse import read_stream
 
-from .helpers import BIN, REPO, deploy_with, pyinfra_deploy, run
+from .helpers import BIN, REPO, deploy_with, instances, pyinfra_deploy, run
 from .polling import first_event, streaming, wait_until
 from .streams import consecutive, crowd
 
@@ -143,10 +143,11 @@ def test_backups_are_bounded_and_outside_any_include(role):
 
 def test_removing_an_sse_path_removes_its_location(role, tmp_path):
     instance, target, host = role
-    deploy_with({"site": {"sse_paths": ["/api/stream", "/events"]}}, tmp_path, instance=instance, check=True)
-    assert "^~ /events" in locations(live_tree(host))
+    # (a release checks every SSE path: the example app streams on /api/stream/<topic> too)
+    deploy_with({"site": {"sse_paths": ["/api/stream", "/api/stream/news"]}}, tmp_path, instance=instance, check=True)
+    assert "^~ /api/stream/news" in locations(live_tree(host))
     deploy_with({"site": {"sse_paths": ["/api/stream"]}}, tmp_path, instance=instance, check=True)
-    assert "^~ /events" not in locations(live_tree(host))
+    assert "^~ /api/stream/news" not in locations(live_tree(host))
 
 
 def test_nginx_killed_comes_back_by_itself_and_streams_resume(role):
@@ -185,8 +186,9 @@ def test_an_app_that_compresses_when_asked_streams_through_nginx(role, tmp_path)
     )
     try:
         run(str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", instance=instance)
+        port = instances(host).served_port
         direct = host.check_output("curl -s -o /dev/null -D - --max-time 2 -H 'Accept-Encoding: gzip, deflate, br' "
-                                   "http://127.0.0.1:3000/api/stream || true")
+                                   f"http://127.0.0.1:{port}/api/stream || true")
         assert "content-encoding: gzip" in direct.lower(), f"the app did not compress when asked:\n{direct}"
         report = probe(f"http://{target['address']}/api/stream", duration=6, expect_interval=1)
         assert report.verdict == "streaming" and not report.content_encoding, report.reason

@@ -11,7 +11,7 @@ from ssedeploy.nginx import LIVE
 from ssedeploy.paths import app_dir, env_path, unit_path
 from ssedeploy.settings import parse as _parse
 
-from .helpers import BIN, INSTANCE, pyinfra_deploy, run
+from .helpers import BIN, INSTANCE, live_unit, pyinfra_deploy, run
 
 DEFAULTS = _parse({})  # the default app, as deployed here
 APP, ENV = app_dir(DEFAULTS), env_path(DEFAULTS)
@@ -42,14 +42,35 @@ def test_verify_passes_and_reports_diagnostics(deployed, target, tmp_path):
 
 
 def test_verify_fails_naming_host_and_check(deployed, target):
-    deployed.check_output("systemctl stop sseapp")
+    unit = live_unit(deployed)
+    deployed.check_output(f"systemctl stop {unit}")
     try:
         result = ssedeploy("verify")
     finally:
-        deployed.check_output("systemctl start sseapp")
+        deployed.check_output(f"systemctl start {unit}")
     out = result.stdout + result.stderr
     assert result.returncode == 1
-    assert f"{target['name']}: sseapp is not running" in out
+    assert f"{target['name']}: {unit}, the one nginx sends to, is not running" in out
+
+
+def test_verify_and_drift_name_an_old_instance_nothing_drains(deployed, target):
+    """A run that died after the switch left the old instance running with no drain pending."""
+    live = live_unit(deployed)
+    port = int(live.split("@")[1].split(".")[0])
+    other = next(p for p in DEFAULTS.app.instance_ports if p != port)
+    stray = f"sseapp@{other}.service"
+    deployed.check_output(f"ln -sfT $(readlink {APP}/current | sed 's|^|../|') {APP}/instances/{other} "
+                          f"&& systemctl start {stray}")
+    try:
+        checks = ssedeploy("verify")
+        assert checks.returncode == 1
+        assert f"{target['name']}: {stray} still runs and nothing drains it" in checks.stdout + checks.stderr
+        drift = ssedeploy("drift")
+        assert drift.returncode == 1 and f"{stray} (running, nothing drains it)" in drift.stdout, drift.stdout
+        pyinfra_deploy()  # the next run stops it
+        assert not deployed.service(stray).is_running and deployed.service(live).is_running
+    finally:
+        deployed.run(f"systemctl stop {stray}")
 
 
 def test_verify_without_inventory_hosts_is_an_error(deployed, tmp_path):

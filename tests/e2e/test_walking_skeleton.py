@@ -15,7 +15,7 @@ from ssedeploy.settings import parse
 from ssedeploy.sse import read_stream
 from ssedeploy.testinfra_hosts import get_host
 
-from .helpers import BIN, INSTANCE, pyinfra, pyinfra_deploy, run
+from .helpers import BIN, INSTANCE, live_unit, pyinfra, pyinfra_deploy, run
 
 BROWSER = {"Accept-Encoding": "gzip, deflate, br"}
 
@@ -35,7 +35,7 @@ def test_first_deploy_put_nginx_and_the_app_live(first_deploy, target):
 
 
 def test_nginx_and_app_are_running_and_enabled(host):
-    for name in ("nginx", "sseapp"):
+    for name in ("nginx", live_unit(host)):
         service = host.service(name)
         assert service.is_running, f"{name} is not running"
         assert service.is_enabled, f"{name} is not enabled"
@@ -52,9 +52,10 @@ def test_only_ssedeploy_site_is_enabled(host):
 
 
 def test_app_listens_on_loopback_only(host):
-    assert host.socket("tcp://127.0.0.1:3000").is_listening
-    app_sockets = [s for s in host.socket.get_listening_sockets() if s.endswith(":3000")]
-    assert app_sockets == ["tcp://127.0.0.1:3000"]
+    port = live_unit(host).split("@")[1].split(".")[0]
+    assert host.socket(f"tcp://127.0.0.1:{port}").is_listening
+    app_sockets = [s for s in host.socket.get_listening_sockets() if s.endswith(f":{port}")]
+    assert app_sockets == [f"tcp://127.0.0.1:{port}"]
 
 
 def test_app_runs_as_its_own_user_with_distro_node(host):
@@ -63,9 +64,10 @@ def test_app_runs_as_its_own_user_with_distro_node(host):
     assert host.package("nodejs").is_installed
 
 
-def test_app_is_not_reachable_from_outside(target):
-    stream = read_stream(target["address"], 3000, duration=2, connect_timeout=2)
-    assert stream.status == 0 and stream.error, "the app port answered from outside the host"
+@pytest.mark.parametrize("port", target_settings().app.instance_ports)
+def test_app_is_not_reachable_from_outside(target, port):
+    stream = read_stream(target["address"], port, duration=2, connect_timeout=2)
+    assert stream.status == 0 and stream.error, f"the app port {port} answered from outside the host"
 
 
 def test_events_stream_through_nginx_like_a_browser(target):

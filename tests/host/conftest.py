@@ -11,7 +11,9 @@ import pytest
 from pyinfra.facts.hardware import Cpus
 
 from ssedeploy import nginx as conf
-from ssedeploy.facts import open_files_limit
+from ssedeploy.facts import AppInstances, open_files_limit, parse_instances
+from ssedeploy.instances import HostInstances, live_port
+from ssedeploy.paths import app_dir
 from ssedeploy.inventory import inventory_hosts
 from ssedeploy.settings import parse
 from ssedeploy.testinfra_hosts import testinfra_host
@@ -61,6 +63,16 @@ class Target:
         cpus = self.host.check_output(Cpus().command())
         hard = self.host.check_output(open_files_limit(1, "hard"))
         return conf.limits(self.settings, int(cpus) if cpus.isdigit() else 1, int(hard) if hard.isdigit() else None)
+
+    def instances(self) -> HostInstances:
+        """The app's instances as the deploy reads them (its own fact's command and parser)."""
+        app = self.settings.app
+        command = AppInstances().command(app=app.name, app_dir=app_dir(self.settings), ports=app.instance_ports,
+                                         revision_port=self.settings.site.revision_port)
+        return parse_instances(self.host.check_output(command).splitlines())
+
+    def live_port(self) -> int | None:
+        return live_port(self.instances(), self.settings.app.instance_ports)
 
     def diagnostics(self) -> list[str]:
         out = []

@@ -10,7 +10,8 @@ from ssedeploy.check import lint
 from ssedeploy.facts import open_files_limit
 from ssedeploy.nginx import (LIVE, RESTART_SECONDS, SITE_LINK, SSE_UPSTREAM_HEADERS, default_listens,
                              foreign_default_servers, parse_dump)
-from ssedeploy.paths import env_path, unit_path
+from ssedeploy.instances import unit_name
+from ssedeploy.paths import STATE, env_path, unit_path
 from ssedeploy.probe import probe
 
 from .conftest import sse_locations
@@ -28,9 +29,31 @@ def test_packages_and_services(target):
     h = target.host
     for package in ("nginx", "nodejs"):
         assert h.package(package).is_installed, f"{target.name}: package {package} is not installed"
-    for service in ("nginx", target.settings.app.name):
-        assert h.service(service).is_running, f"{target.name}: {service} is not running"
-        assert h.service(service).is_enabled, f"{target.name}: {service} is not enabled"
+    assert h.service("nginx").is_running and h.service("nginx").is_enabled, f"{target.name}: nginx is not running"
+
+
+def test_exactly_one_instance_receives_new_connections_and_passes_its_check(target):
+    app, found = target.settings.app, target.instances()
+    port = target.live_port()
+    assert port is not None and found.served_port == port, \
+        f"{target.name}: nginx serves upstream port {found.served_port}, expected one of {app.instance_ports}"
+    assert found.files_port == port, \
+        f"{target.name}: nginx serves port {port} but its live files name {found.files_port} (a reload is owed)"
+    unit = unit_name(app.name, port)
+    assert target.host.service(unit).is_running, f"{target.name}: {unit}, the one nginx sends to, is not running"
+    assert target.host.service(unit).is_enabled, f"{target.name}: {unit} would not start at boot"
+    check = target.host.run(f"node {STATE}/app-check.js {app.bind} {port} {app.health_path} 10 "
+                            + " ".join(target.settings.site.sse_paths))
+    assert check.rc == 0, f"{target.name}: {unit}: {check.stderr.strip()}"
+    # The other instance (and ssedeploy's single unit of old, whose file the next deploy removes): stopped and
+    # not started at boot; it may still run while its drain is pending, app.drain_seconds after a release.
+    others = {unit_name(app.name, p): i for p, i in found.instances.items() if p != port}
+    if found.legacy is not None:
+        others[unit_name(app.name, None)] = found.legacy
+    for other, inst in others.items():
+        assert not inst.enabled, f"{target.name}: {other} would start at boot beside {unit}"
+        assert not inst.running or inst.draining, \
+            f"{target.name}: {other} still runs and nothing drains it (its drain is over)"
 
 
 def test_nginx_config_is_valid(target):
@@ -113,7 +136,7 @@ def test_workers_have_the_file_limit(target):
 
 
 def test_app_unit_is_verified_and_hardened(target):
-    name = target.settings.app.name
+    name = unit_name(target.settings.app.name, target.live_port())
     verify = target.host.run(f"systemd-analyze verify {unit_path(target.settings)}")
     assert verify.rc == 0 and not (verify.stdout + verify.stderr).strip(), \
         f"{target.name}: systemd-analyze verify {name}: {verify.stdout}{verify.stderr}"
@@ -122,10 +145,11 @@ def test_app_unit_is_verified_and_hardened(target):
     assert exposure <= 2.0, f"{target.name}: {name} exposure expected <= 2.0, found {exposure}"
 
 
-def test_app_listens_on_loopback_only(target):
-    port = target.settings.app.port
+def test_app_listens_on_its_bind_address_only(target):
+    port, bind = target.live_port(), target.settings.app.bind
+    want = [f"tcp://{bind}:{port}"]
     found = sorted(s for s in target.host.socket.get_listening_sockets() if s.endswith(f":{port}"))
-    assert found == [f"tcp://127.0.0.1:{port}"], f"{target.name}: app port {port}: expected 127.0.0.1 only, found {found}"
+    assert found == want, f"{target.name}: app port {port}: expected {want} only, found {found}"
 
 
 def test_env_file_is_private(target):

@@ -123,14 +123,15 @@ def test_events_count_up_with_send_time_and_heartbeats(app):
     assert pings and all(not b.fields for b in pings), "no `: ping` heartbeat in 1.15 s at HEARTBEAT_MS=500"
 
 
-def test_resume_continues_at_normal_cadence(app):
+def test_resume_gets_the_owed_event_at_once_then_the_normal_cadence(app):
     stream = read_stream("127.0.0.1", app, duration=0.75, last_event_id="41")
     events = stream.events
     assert stream.ids[:3] == ["42", "43", "44"]
     assert stream.ids == [str(n) for n in range(42, 42 + len(events))]
-    # Not a burst: the first resumed event waits an interval, and the app sent them an interval apart.
-    assert events[0].t_ms >= INTERVAL_MS * 0.5, "resumed events came in a burst"
-    assert len(events) <= 0.75 * 1000 / INTERVAL_MS + 1
+    # The event it is owed comes with the first bytes (a client cut by a release waits no interval more)...
+    assert events[0].t_ms < events[1].t_ms - INTERVAL_MS * 0.5, "the owed event waited an interval"
+    # ... and not a burst: the rest an interval apart.
+    assert len(events) <= 0.75 * 1000 / INTERVAL_MS + 2
     sent = [json.loads(e.data)["ts"] for e in events]
     assert all(b - a >= INTERVAL_MS * 0.5 for a, b in zip(sent, sent[1:])), sent
 
@@ -157,33 +158,65 @@ def test_head_on_the_stream_does_not_hang(app):
     assert status == 200 and headers["content-type"].startswith("text/event-stream") and body == b""
 
 
-@needs_node
-def test_sigterm_ends_open_streams_and_exits_promptly():
-    proc, port = start_app(INTERVAL_MS="100", HEARTBEAT_MS="1000")
+def open_stream(port: int) -> tuple[socket.socket, bytes]:
+    """A keep-alive stream, as nginx holds it, read up to its first block."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"GET /api/stream HTTP/1.1\r\nHost: app\r\n\r\n")
+    received = b""
+    while b": connected" not in received and (data := sock.recv(65536)):
+        received += data
+    return sock, received
+
+
+def read_to_end(sock: socket.socket, received: bytes) -> bytes:
     try:
-        # A keep-alive stream, as nginx holds it, and an idle keep-alive connection.
-        streaming = socket.create_connection(("127.0.0.1", port), timeout=5)
-        streaming.sendall(b"GET /api/stream HTTP/1.1\r\nHost: app\r\n\r\n")
-        received = b""
-        while b": connected" not in received:
-            received += streaming.recv(65536)
-        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        while data := sock.recv(65536):
+            received += data
+    except TimeoutError:
+        pytest.fail("the open stream was not ended within 5 s of SIGTERM")
+    return received
+
+
+def body_blocks(response: bytes) -> list:
+    """The blocks of a whole chunked response; fails if it did not end with the last chunk."""
+    body = response.split(b"\r\n\r\n", 1)[1]
+    dechunk = _Chunked()
+    blocks = _Blocks().feed(dechunk.feed(body), 0.0)
+    assert dechunk.done, response[-40:]
+    return blocks
+
+
+@needs_node
+def test_sigterm_ends_open_streams_after_their_next_event_with_a_short_spread_retry_and_exits_promptly():
+    proc, port = start_app(INTERVAL_MS="100", HEARTBEAT_MS="1000")
+    streams = []
+    try:
+        streams = [open_stream(port) for _ in range(8)]
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # an idle keep-alive connection
         idle.request("GET", "/healthz")
         assert idle.getresponse().read() == b"ok\n"
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        try:
-            while chunk := streaming.recv(65536):
-                received += chunk
-        except TimeoutError:
-            pytest.fail("the open stream was not ended within 5 s of SIGTERM")
+        received = [read_to_end(sock, first) for sock, first in streams]
         code = proc.wait(timeout=5)
         elapsed = time.monotonic() - started
     finally:
+        for sock, _ in streams:
+            sock.close()
         stop_app(proc)
     assert code == 0
     assert elapsed < 3, f"took {elapsed:.1f} s: the 5 s safety exit, not a clean shutdown"
-    assert received.endswith(b"\r\n0\r\n\r\n"), received[-40:]  # the stream was ended, not cut
+    retries = []
+    for response in received:
+        assert response.endswith(b"\r\n0\r\n\r\n"), response[-40:]  # the stream was ended, not cut
+        blocks = body_blocks(response)
+        last = blocks[-1]  # the retry, then the end of the stream
+        assert last.fields == [("retry", last.retry)] and not last.comments, last
+        assert blocks[-2].is_event, "the stream did not end right after an event"
+        retries.append(int(last.retry))
+    assert all(500 <= r <= 1500 for r in retries), retries
+    # Random per stream, so clients come back spread over a second (8 equal draws: ~1e-21).
+    assert len(set(retries)) > 1, retries
 
 
 @needs_node

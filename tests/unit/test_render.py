@@ -103,6 +103,29 @@ def test_revision_is_served_on_loopback_only_and_tracks_the_config(tmp_path):
     assert rev != other and len(rev) == 16
     revision = next(s for s in servers(parsed(tmp_path, {})) if args_of(s, "listen") == [[f"127.0.0.1:{Site().revision_port}"]])
     assert locations(revision)["= /ssedeploy/revision"]["return"] == ["200", f"{rev}\\n"]
+    # ... and which instance the upstream sends to, in the same answer as the revision that says so
+    assert locations(revision)["= /ssedeploy/upstream"]["return"] == ["200", f"{rev} 3000\\n"]
+
+
+@pytest.mark.parametrize("data,port,server", [
+    ({}, None, "127.0.0.1:3000"),                                      # the first instance by default
+    ({}, 3001, "127.0.0.1:3001"),                                      # a release switched to the second
+    ({"app": {"ports": [4100, 4200], "bind": "10.1.2.3"}}, 4200, "10.1.2.3:4200"),
+    ({"app": {"bind": "fd00::5"}}, 3001, "[fd00::5]:3001"),
+])
+def test_the_upstream_sends_to_one_instance_and_each_port_is_its_own_revision(data, port, server):
+    settings = parse(data)
+    files, rev = nginx.render_tree(settings, "1.22.1", LIMITS, port)
+    upstream = [line.strip() for line in files[nginx.SITE].splitlines() if line.strip().startswith("server ") and "{" not in line]
+    assert upstream == [f"server {server};"]
+    _, other = nginx.render_tree(settings, "1.22.1", LIMITS, settings.app.instance_ports[1 if port in (None, settings.app.instance_ports[0]) else 0])
+    assert other != rev
+
+
+def test_nginx_marks_its_own_fallback_answer(tmp_path):
+    retry = next(d["block"] for d in public_server(parsed(tmp_path, {}))
+                 if d["directive"] == "location" and d["args"] == ["@sse_retry"])
+    assert [nginx.FALLBACK_HEADER, "1", "always"] in args_of(retry, "add_header")
 
 
 @pytest.mark.parametrize("version,listen,http2", [
@@ -166,9 +189,11 @@ def test_app_unit_binds_loopback_stops_fast_and_keeps_secrets_out():
     text = unit(parse({"app": {"name": "web", "port": 4000, "env": {"A": "1"}, "secret_env": ["TOKEN"]}}), 4096)
     lines = text.splitlines()
     assert "Environment=HOSTNAME=127.0.0.1" in lines
-    assert "Environment=PORT=4000" in lines
+    # A template: each instance's port is its instance name, and it runs the release its link names.
+    assert "Environment=PORT=%i" in lines and "WorkingDirectory=/srv/web/instances/%i" in lines
+    assert "4000" not in text
     assert f"Environment=KEEP_ALIVE_TIMEOUT={KEEP_ALIVE_MS}" in lines and KEEP_ALIVE_MS > 60_000  # nginx's 60 s
-    assert "User=web" in lines and "WorkingDirectory=/srv/web/current" in lines
+    assert "User=web" in lines
     assert "ExecStart=/usr/bin/node server.js" in lines
     assert "TimeoutStopSec=15" in lines and "KillMode=mixed" in lines
     assert "Restart=always" in lines and "LimitNOFILE=4096" in lines
@@ -179,11 +204,12 @@ def test_app_unit_binds_loopback_stops_fast_and_keeps_secrets_out():
 
 @pytest.mark.parametrize("start,command,want", [
     ("standalone", None, "/usr/bin/node server.js"),
-    ("next-start", None, "/usr/bin/node node_modules/next/dist/bin/next start -H 127.0.0.1 -p 3000 "
+    ("next-start", None, "/usr/bin/node node_modules/next/dist/bin/next start -H 127.0.0.1 -p ${PORT} "
                          f"--keepAliveTimeout {KEEP_ALIVE_MS}"),
     ("command", "/usr/bin/node dist/main.js", "/usr/bin/node dist/main.js"),
 ])
 def test_app_start_modes(start, command, want):
+    """(systemd puts the instance's PORT into ${PORT} from its Environment=.)"""
     app = {"start": start, **({"command": command} if command else {})}
     assert f"ExecStart={want}" in unit(parse({"app": app}), 1024).splitlines()
 

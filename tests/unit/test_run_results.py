@@ -188,7 +188,7 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary_file(out, monk
 def results(**hosts) -> dict:
     return {"format": 1, "executed": False, "failed_hosts": {}, "hosts": {
         name: {"operations": [{"name": n, "result": r, "files": f} for n, r, f in operations],
-               "notes": [], "failed_at": None} for name, operations in hosts.items()}}
+               "notes": [], "facts": {}, "failed_at": None} for name, operations in hosts.items()}}
 
 
 CONFIG = "nginx | nginx config (staged, tested, swapped)"
@@ -320,5 +320,5 @@ def test_a_host_that_could_not_connect_is_a_failed_host(out):
     finish(state)
     data = json.loads(out.read_text())
     assert data["failed_hosts"] == {"dead": "could not connect"}
-    assert data["hosts"]["dead"] == {"operations": [], "notes": [], "failed_at": "could not connect"}
+    assert data["hosts"]["dead"] == {"operations": [], "notes": [], "facts": {}, "failed_at": "could not connect"}
     assert ops(data) == [("say hi", "changed", [])]

@@ -4,20 +4,32 @@ the next run converges from."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import http.server
 import os
+import re
+import shlex
 import shutil
 import stat
 import subprocess
 import threading
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from pyinfra.api import FileUploadCommand
 
 from roles.nginx import served_revision_check
 from ssedeploy.deploy_lock import BUSY, holder_command
+from ssedeploy.facts import AppInstances, NginxVersion, parse_instances, revision_request
+from ssedeploy.instances import HostInstances, Instance, drain_name, live_port, unit_name
+from ssedeploy.nginx import LIVE as NGINX_LIVE
+from ssedeploy.nginx import UPSTREAM_PATH
 from ssedeploy.operations import SCRIPTS
+from ssedeploy.operations import app as app_ops
+from ssedeploy.operations.app import CHECK_SECONDS
+from ssedeploy.paths import NGINX_STATE, STATE, app_dir
 from ssedeploy.settings import parse
 
 from ..polling import wait_until
@@ -304,142 +316,667 @@ def test_swap_has_no_fault_point_beyond_the_table(nginx, env, scenario):
     assert not killed(start_swap(nginx, env, scenario, str(max(SWAP_POINTS) + 1)))
 
 
-# -- app-activate.sh --------------------------------------------------------------------------------
+# -- app-release.sh ---------------------------------------------------------------------------------
+# A host without root: the app directory, the nginx tree (the Nginx helper above), systemd kept in files by
+# stub systemctl/systemd-run, and what nginx serves. The controller's side is real: app_live and app_settle
+# are run with a stand-in for pyinfra's `host` whose AppInstances fact is the fact's own command run here,
+# so release_plan/settle_plan decide each run from what the host shows, and the script gets the very
+# arguments app_live builds (host paths mapped to this tree).
 
-class App:
-    """An app directory with whole releases (each holds its name), `current` and `previous`."""
+APP = "sseapp"
+SETTINGS = parse({"app": {"name": APP, "drain_seconds": 7, "keep_releases": 2}}, offline=True)
+PORTS = SETTINGS.app.instance_ports
+LIVE_PORT, IDLE_PORT = PORTS  # before a test's release: 3000 serves A, 3001 is idle (it last ran Z)
+# The history a test host starts with (release, port), oldest first.
+HISTORY = [("Z", IDLE_PORT), ("A", LIVE_PORT)]
 
-    AGES = {"Z": 1000, "A": 2000, "BAD": 3000, "B": 4000}  # mtimes: pruning keeps the newest
-
-    def __init__(self, root: Path, first: bool = False):
-        self.dir, self.check_js = root / "app", root / "state" / "app-check.js"
-        self.check_js.parent.mkdir()
-        self.check_js.write_text("// stub: node is a stub too\n")
-        for name in ["BAD"] if first else self.AGES:
-            release = self.dir / "releases" / name
-            release.mkdir(parents=True)
-            (release / "id").write_text(name)
-            if name == "BAD":
-                (release / "bad").write_text("fails its check\n")
-            os.utime(release, (self.AGES[name], self.AGES[name]))
-        if not first:
-            (self.dir / "current").symlink_to("releases/A")
-            (self.dir / "previous").symlink_to("releases/Z")
-
-    def activate(self, env, target: str, fault: str | None = None, keep: int = 2):
-        return run({**env, "STUB_APP_DIR": str(self.dir)}, "app-activate.sh", self.dir, "sseapp.service", target,
-                   keep, 3000, "/healthz", "/api/stream", self.check_js, fault=fault)
-
-    def link(self, name: str) -> str | None:
-        path = self.dir / name
-        return os.readlink(path) if path.is_symlink() else None
-
-    def state(self) -> tuple:
-        """What a run leaves: the links, the visible releases, and any leftovers."""
-        return (self.link("current"), self.link("previous"), sorted(os.listdir(self.dir / "releases")),
-                sorted(p for p in os.listdir(self.dir) if p not in ("current", "previous", "releases")))
-
-
-def app_reference(tmp_path_factory, env, scenario: str):
-    """The state a run that nobody interrupts leaves, on a fresh app directory."""
-    app = App(tmp_path_factory.mktemp("reference"), first=scenario == "first-bad")
-    result = app.activate(env, TARGETS[scenario])
-    return result.returncode, app.state()
-
-
-TARGETS = {"good": "B", "bad": "BAD", "first-bad": "BAD", "recover": "B"}
-
-
-def test_activate_switches_restarts_checks_and_prunes(tmp_path, env):
-    app = App(tmp_path)
-    result = app.activate(env, "B")
-    assert result.returncode == 0, result.stderr
-    # Z is pruned (keep 2: B and BAD are newest); A stays as the previous release.
-    assert app.state() == ("releases/B", "releases/A", ["A", "B", "BAD"], [])
-    assert calls(env, "systemctl") == ["systemctl restart sseapp.service current=releases/B"]
-    assert calls(env, "node") == [f"node {app.check_js} 3000 /healthz /api/stream 30"]
-
-
-def test_activate_switches_back_when_the_check_fails(tmp_path, env):
-    app = App(tmp_path)
-    result = app.activate(env, "BAD")
-    assert result.returncode == 1
-    assert "releases/BAD failed its check: switched back to releases/A" in result.stderr
-    assert "and it passes its check" in result.stderr
-    assert app.state() == ("releases/A", "releases/BAD", ["A", "B", "BAD", "Z"], [])
-    assert calls(env, "systemctl") == ["systemctl restart sseapp.service current=releases/BAD",
-                                       "systemctl restart sseapp.service current=releases/A"]
-
-
-def test_rollback_makes_the_previous_release_live(tmp_path, env):
-    app = App(tmp_path)
-    assert app.activate(env, "--previous").returncode == 0
-    assert app.state()[:2] == ("releases/Z", "releases/A")
-
-
-def test_activate_refuses_a_release_that_is_not_on_the_host(tmp_path, env):
-    app = App(tmp_path)
-    result = app.activate(env, "NOPE")
-    assert result.returncode == 1 and "releases/NOPE is not on the host" in result.stderr
-    assert app.state() == ("releases/A", "releases/Z", ["A", "B", "BAD", "Z"], [])
-    assert not calls(env, "systemctl")
-
-
-APP_POINTS = {
-    1: "recover", 2: "recover", 3: "recover", 4: "recover",   # putting the links back
-    5: "good", 6: "good", 7: "good", 8: "good", 9: "good",   # journal, links switched
-    10: "good", 11: "good", 12: "good",                      # checked; journal dropped; pruning
-    13: "bad", 14: "bad", 15: "bad", 16: "bad", 17: "bad",   # the check failed: switch back
-    18: "first-bad",                                         # ... with nothing to switch back to
+APP_STUBS = {
+    # systemd in files under $STUB_SYSTEMD: active/UNIT (its state; none: inactive), enabled/UNIT, runs/UNIT
+    # (the release an app instance started on: its link then), timers/NAME (systemd-run's). `start` of an
+    # active unit does nothing, as systemd's. When nginx (re)loads, it serves its live files: `served` holds
+    # the revision (what FETCH prints), `upstream` "REVISION PORT" (what /ssedeploy/upstream answers).
+    "systemctl": r"""#!/bin/sh
+echo "systemctl $*" >> "$STUB_LOG"
+sd=$STUB_SYSTEMD verb= quiet= units= status=0
+for a; do
+    case $a in
+        -q | --quiet) quiet=1 ;;
+        -*) ;;
+        *) if [ -z "$verb" ]; then verb=$a; else units="$units $a"; fi ;;
+    esac
+done
+case $verb in
+    start | stop | reload | reset-failed | enable | disable | daemon-reload | show) ;;
+    is-active | is-enabled) status=1 ;;
+    *) echo "stub systemctl: $verb is not stubbed" >&2; exit 2 ;;
+esac
+state() {
+    case $1 in
+        *.timer) if [ -e "$sd/timers/${1%.timer}" ]; then echo active; else echo inactive; fi ;;
+        *) cat "$sd/active/$1" 2>/dev/null || echo inactive ;;
+    esac
+}
+load() {
+    port=$(sed -n 's/^ *server [^ {]*:\([0-9][0-9]*\);.*/\1/p' "$STUB_NGINX_LIVE/sites-available/ssedeploy.conf")
+    cp "$STUB_NGINX_STATE/revision" "$sd/served"
+    echo "$(cat "$sd/served") $port" > "$sd/upstream"
+    echo "nginx serves $(cat "$sd/upstream")" >> "$STUB_LOG"
+}
+for u in $units; do
+    case $u in *.service | *.timer) ;; *) u=$u.service ;; esac
+    case $verb in
+        start)
+            [ "$(state "$u")" != active ] || continue
+            case $u in
+                nginx.service) load ;;
+                "$STUB_APP"@*.service)
+                    port=${u#*@} && port=${port%.service}
+                    release=$(readlink -f "$STUB_APP_DIR/instances/$port") || true
+                    if [ ! -d "$release" ]; then
+                        echo failed > "$sd/active/$u"; echo "Job for $u failed." >&2; status=1; continue
+                    fi
+                    basename "$release" > "$sd/runs/$u" ;;
+            esac
+            echo active > "$sd/active/$u" ;;
+        stop)
+            rm -f "$sd/active/$u" "$sd/runs/$u"
+            case $u in *.timer) rm -f "$sd/timers/${u%.timer}" ;; esac ;;
+        reload)
+            if [ "$(state "$u")" != active ]; then echo "$u is not active, cannot reload." >&2; status=1; continue; fi
+            if [ "$u" = nginx.service ]; then load; fi ;;
+        reset-failed) if [ "$(state "$u")" = failed ]; then rm -f "$sd/active/$u"; fi ;;
+        enable) touch "$sd/enabled/$u" ;;
+        disable) rm -f "$sd/enabled/$u" ;;
+        is-active)
+            s=$(state "$u")
+            [ -n "$quiet" ] || echo "$s"
+            if [ "$s" = active ]; then status=0; fi ;;
+        is-enabled)
+            if [ -e "$sd/enabled/$u" ]; then s=enabled status=0; else s=disabled; fi
+            [ -n "$quiet" ] || echo "$s" ;;
+        show)  # only `show -p NRestarts --value UNIT`: a release with a file `crash` restarts at each look
+            n=$(cat "$sd/restarts-$u" 2>/dev/null || echo 0)
+            if [ -e "$STUB_APP_DIR/releases/$(cat "$sd/runs/$u" 2>/dev/null)/crash" ]; then n=$((n + 1)); fi
+            echo "$n" > "$sd/restarts-$u"
+            echo "$n" ;;
+    esac
+done
+exit $status
+""",
+    # Named transient timers only: timers/NAME holds the seconds, then the command. A NAME still loaded is
+    # refused, as systemd does.
+    "systemd-run": r"""#!/bin/sh
+echo "systemd-run $*" >> "$STUB_LOG"
+name= seconds=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --unit=*) name=${1#--unit=} ;;
+        --on-active=*) seconds=${1#--on-active=} ;;
+        -*) ;;
+        *) break ;;
+    esac
+    shift
+done
+if [ -z "$name" ] || [ -z "$seconds" ] || [ $# -eq 0 ]; then echo "stub systemd-run: named timers only" >&2; exit 2; fi
+if [ -e "$STUB_SYSTEMD/timers/$name" ]; then
+    echo "Failed to start transient timer unit: Unit $name.timer was already loaded or has a fragment file." >&2
+    exit 1
+fi
+printf '%s\n%s\n' "$seconds" "$*" > "$STUB_SYSTEMD/timers/$name"
+""",
+    "journalctl": r"""#!/bin/sh
+echo "journalctl $*" >> "$STUB_LOG"
+echo "stub journal: the app's last lines"
+""",
+    # `node app-check.js HOST PORT HEALTH_PATH TIMEOUT_S SSE_PATH...`: passes when the port's instance is
+    # active and the release its link names has no file `bad`.
+    "node": r"""#!/bin/sh
+echo "node $*" >> "$STUB_LOG"
+host=$2 port=$3 health=$4
+release=$(readlink -f "$STUB_APP_DIR/instances/$port") || true
+# An app that dies at start never answers: the check waits (until the release step gives up on it).
+if [ -e "$release/crash" ]; then exec sleep 60; fi
+if [ "$(cat "$STUB_SYSTEMD/active/$STUB_APP@$port.service" 2>/dev/null)" != active ]; then
+    why="$health: connect ECONNREFUSED $host:$port"
+elif [ -e "$release/bad" ]; then
+    why="$health answered 500"
+else
+    echo "check passed $port $(basename "$release")" >> "$STUB_LOG"
+    exit 0
+fi
+echo "check failed $port" >> "$STUB_LOG"
+echo "app check failed on $host:$port: $why" >&2
+exit 1
+""",
 }
 
 
-def start_activate(app, env, scenario: str, fault: str):
-    if scenario == "recover":  # an earlier run killed with `current` switched and nothing restarted
-        assert killed(app.activate(env, "B", fault="7"))
-        assert app.link("current") == "releases/B" and (app.dir / "activate-in-progress").exists()
-    return app.activate(env, TARGETS[scenario], fault=fault)
+@pytest.fixture
+def app_env(env):
+    """The module's stubs, with systemctl and node replaced by the ones above, and systemd-run, journalctl."""
+    bin_dir = Path(env["PATH"].split(":")[0])
+    for name, text in APP_STUBS.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return env
 
 
-def assert_whole_release_live(app):
-    current = app.link("current")
-    if current is not None:
-        name = current.removeprefix("releases/")
-        assert (app.dir / current / "id").read_text() == name, "current names a release that is not whole"
-    for name in os.listdir(app.dir / "releases"):
-        if not name.startswith(".pruning-"):
-            assert (app.dir / "releases" / name / "id").read_text() == name
+def rev(port: int, bad: bool = False) -> str:
+    """The revision of the nginx tree whose upstream is PORT."""
+    return f"{'b' if bad else '0'}{port:015x}"
 
 
-def assert_app_converges(app, env, scenario, tmp_path_factory):
-    status, state = app_reference(tmp_path_factory, env, scenario)
-    Path(env["STUB_LOG"]).unlink()
-    result = app.activate(env, TARGETS[scenario])
-    assert (result.returncode, app.state()) == (status, state), result.stderr
-    if state[0]:  # the unit was last restarted on what is live now, and that passed its check
-        assert calls(env, "systemctl")[-1].endswith(f"current={state[0]}")
-        assert calls(env, "check")[-1] == "check passed"
+def site(port: int, bad: bool = False) -> str:
+    """The site file, its upstream at PORT (a line as the AppInstances fact reads it)."""
+    return (f"upstream {APP} {{\n    server 127.0.0.1:{port};\n}}\n"
+            f"server {{ listen 80;{' bogus on;' if bad else ''} }}\n")
 
 
-@pytest.mark.parametrize("point", sorted(APP_POINTS))
-@pytest.mark.parametrize("mode", ["kill", "fail"])
-def test_activate_cut_at_each_point_keeps_a_whole_release_live_and_the_next_run_converges(
-        tmp_path, tmp_path_factory, env, point, mode):
-    scenario = APP_POINTS[point]
-    app = App(tmp_path, first=scenario == "first-bad")
-    result = start_activate(app, env, scenario, str(point) if mode == "kill" else f"{point}:fail")
+class Controller:
+    """pyinfra's `host` as app_live and app_settle ask it."""
+
+    def __init__(self, world):
+        self.world, self.noops = world, []
+
+    def get_fact(self, fact, **kwargs):
+        if fact is NginxVersion:
+            return "1.22.1" if self.world.nginx else None
+        if fact is AppInstances:
+            assert kwargs["app_dir"] == app_dir(SETTINGS) and tuple(kwargs["ports"]) == PORTS
+            return self.world.found()
+        raise AssertionError(f"fact {fact.__name__} not stood in for")
+
+    def noop(self, text: str):
+        self.noops.append(text)
+
+
+class World:
+    """A host serving release A on port 3000, nginx sending there; B (newer) and BAD (fails its check) are
+    unpacked, Z is the oldest. `first`: a fresh host, B the only release, no nginx."""
+
+    AGES = {"Z": 1000, "A": 2000, "BAD": 3000, "B": 4000}  # mtimes: pruning keeps the newest
+
+    def __init__(self, root: Path, env, first: bool = False):
+        self.root, self.dir, self.sd = root, root / "app", root / "systemd"
+        self.ssedeploy_state = root / "ssedeploy"  # STATE (app-check.js)
+        self.check_js = self.ssedeploy_state / "app-check.js"
+        self.check_js.parent.mkdir()
+        self.check_js.write_text("// stub: node is a stub too\n")
+        for sub in ("active", "enabled", "runs", "timers"):
+            (self.sd / sub).mkdir(parents=True)
+        self.bad_stage = False  # app_live's stage fails nginx -t
+        self.nginx = None if first else Nginx(root)
+        for name in ["B"] if first else self.AGES:
+            self.unpack(name, self.AGES[name])
+        self.env = {**env, "STUB_APP": APP, "STUB_APP_DIR": str(self.dir), "STUB_SYSTEMD": str(self.sd),
+                    "STUB_NGINX_LIVE": str(root / "etc-nginx"), "STUB_NGINX_STATE": str(root / "state")}
+        if first:
+            return
+        (self.dir / "instances").mkdir()
+        (self.dir / "instances" / str(LIVE_PORT)).symlink_to("../releases/A")
+        (self.dir / "instances" / str(IDLE_PORT)).symlink_to("../releases/Z")
+        (self.dir / "current").symlink_to("releases/A")
+        (self.dir / "previous").symlink_to("releases/Z")
+        (self.dir / "history").write_text("".join(f"2020-01-0{i + 1}T00:00:00Z {r} {p}\n"
+                                                  for i, (r, p) in enumerate(HISTORY)))
+        (self.nginx.live / SITE).write_text(site(LIVE_PORT))
+        (self.nginx.state / "revision").write_text(rev(LIVE_PORT) + "\n")
+        # app_live uploads these beside the stage (app-release.sh runs nginx-swap.sh without its own fault
+        # point, whose numbers are the swap's: a point of app-release.sh is reached).
+        shutil.copy(SCRIPTS / "nginx-swap.sh", self.nginx.state / "nginx-swap.sh")
+        shutil.copy(SCRIPTS / "revision-wait.sh", self.nginx.state / "revision-wait.sh")
+        for unit in ("nginx.service", unit_name(APP, LIVE_PORT)):
+            self.systemctl("enable", unit)
+            self.systemctl("start", unit)
+        self.tree = snapshot(self.nginx.live)
+
+    def unpack(self, name: str, age: int):
+        """A whole release (it holds its name) unpacked at time AGE."""
+        release = self.dir / "releases" / name
+        release.mkdir(parents=True)
+        (release / "id").write_text(name)
+        if name == "BAD":
+            (release / "bad").write_text("fails its check\n")
+        os.utime(release, (age, age))
+
+    # -- the host as the controller reaches it
+
+    def here(self, text: str) -> str:
+        """A command or argument for the host, with the host's paths mapped to this tree."""
+        for host_side, here in [
+                (revision_request(SETTINGS.site.revision_port), f"cat {self.sd}/served"),  # FETCH
+                (NGINX_STATE, str(self.root / "state")), (STATE, str(self.ssedeploy_state)),
+                (app_dir(SETTINGS), str(self.dir)), (NGINX_LIVE, str(self.root / "etc-nginx")),
+                ("/etc/systemd/system/", f"{self.root}/etc-systemd/")]:
+            text = text.replace(host_side, here)
+        return text
+
+    def found(self) -> HostInstances:
+        """What the AppInstances fact reads here: its own command, nginx's answer taken from `upstream`."""
+        command = AppInstances().command(app=APP, app_dir=app_dir(SETTINGS), ports=PORTS,
+                                         revision_port=SETTINGS.site.revision_port)
+        ask = revision_request(SETTINGS.site.revision_port, UPSTREAM_PATH)
+        assert ask in command
+        command = self.here(command.replace(ask, f"cat {self.sd}/upstream 2>/dev/null"))
+        out = subprocess.run(command, shell=True, env={**self.env, "STUB_LOG": os.devnull}, capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return parse_instances(out.stdout.splitlines())
+
+    def staged(self, settings, app_port: int):
+        """nginx_tree.staged, standing in: a stage whose site file sends to APP_PORT."""
+        revision = rev(app_port, bad=self.bad_stage)
+        stage = self.nginx.state / f"stage-{revision}"
+        shutil.rmtree(stage, ignore_errors=True)
+        (stage / "files" / SITE).parent.mkdir(parents=True)
+        (stage / "files" / SITE).write_text(site(app_port, bad=self.bad_stage))
+        (stage / "links").write_text("sites-enabled/ssedeploy.conf ../sites-available/ssedeploy.conf\n")
+        (stage / "remove").write_text("")
+        (stage / "revision").write_text(revision + "\n")
+        return None, [], str(stage), revision
+
+    def operation(self, op, *args) -> tuple[list[str], list[str]]:
+        """The shell commands the operation yields for this host (its uploads done here), and its no-op notes."""
+        controller = Controller(self)
+        with mock.patch.multiple(app_ops, host=controller, staged=self.staged,
+                                 report_differences=lambda paths: None):
+            yielded = list(op._inner(*args))
+        for upload in (c for c in yielded if isinstance(c, FileUploadCommand)):
+            dest = Path(self.here(upload.dest))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(upload.src.getvalue() if hasattr(upload.src, "getvalue") else Path(upload.src).read_text())
+        return [c for c in yielded if isinstance(c, str)], controller.noops
+
+    def live(self, target: str, fault: str | None = None, settings=SETTINGS):
+        """app_live: the release script with the arguments it builds, run here (None: nothing owed)."""
+        commands, noops = self.operation(app_ops.app_live, settings, target)
+        if not commands:
+            assert noops
+            return None
+        (command,) = commands
+        words = shlex.split(command)
+        assert words[0] == "systemd-run" and "--wait" in words
+        at = words.index(f"{STATE}/app-release.sh")
+        return run(self.env, "app-release.sh", *map(self.here, words[at + 1:]), fault=fault)
+
+    def settle(self) -> list[str]:
+        """app_settle: its commands, run here."""
+        commands, _ = self.operation(app_ops.app_settle, SETTINGS)
+        for command in commands:
+            done = subprocess.run(self.here(command), shell=True, env=self.env, capture_output=True, text=True,
+                                  timeout=30)
+            assert done.returncode == 0, (command, done.stderr)
+        return commands
+
+    def deploy(self, target: str):
+        """The app's part of a run (roles/app.py): app_live, then app_settle unless app_live failed."""
+        result = self.live(target)
+        if result is None or result.returncode == 0:
+            self.settle()
+        return result
+
+    # -- what happens on the host between runs
+
+    def systemctl(self, *args) -> subprocess.CompletedProcess:
+        return subprocess.run(["systemctl", *args], env={**self.env, "STUB_LOG": os.devnull}, capture_output=True,
+                              text=True, timeout=30)
+
+    def drains_end(self):
+        """Every drain timer fires: it runs its command, then is gone."""
+        for timer in sorted((self.sd / "timers").iterdir()):
+            command = timer.read_text().splitlines()[1]
+            done = subprocess.run(command, shell=True, env=self.env, capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            timer.unlink()
+
+    def power_cut(self):
+        """The host boots again: no transient timer is left, each enabled unit starts (an instance on the
+        release its link names), and nginx loads its live files."""
+        for sub in ("active", "runs", "timers"):
+            shutil.rmtree(self.sd / sub)
+            (self.sd / sub).mkdir()
+        for unit in sorted(os.listdir(self.sd / "enabled")):
+            self.systemctl("start", unit)
+
+    # -- what the host shows
+
+    def state(self, unit: str) -> str:
+        path = self.sd / "active" / unit
+        return path.read_text().strip() if path.exists() else "inactive"
+
+    def runs(self, unit: str) -> str | None:
+        path = self.sd / "runs" / unit
+        return path.read_text().strip() if path.exists() else None
+
+    def enabled(self, unit: str) -> bool:
+        return (self.sd / "enabled" / unit).exists()
+
+    def link(self, rel: str) -> str | None:
+        path = self.dir / rel
+        return os.readlink(path) if path.is_symlink() else None
+
+    def upstream(self) -> str | None:
+        """What nginx's workers answer on /ssedeploy/upstream: "REVISION PORT"."""
+        path = self.sd / "upstream"
+        return path.read_text().strip() if path.exists() else None
+
+    def timers(self) -> dict[str, list[str]]:
+        return {p.name: p.read_text().splitlines() for p in sorted((self.sd / "timers").iterdir())}
+
+    def instances(self) -> dict[int, tuple]:
+        """Per port: (state, enabled, the release it runs, its link)."""
+        return {port: (self.state(u), self.enabled(u), self.runs(u), self.link(f"instances/{port}"))
+                for port in PORTS for u in [unit_name(APP, port)]}
+
+    def history(self) -> list[tuple[str, int]]:
+        path = self.dir / "history"
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in lines:
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \S+ \d+", line), line
+        return [(line.split()[1], int(line.split()[2])) for line in lines]
+
+    def releases(self) -> list[str]:
+        return sorted(r for r in os.listdir(self.dir / "releases") if not r.startswith("."))
+
+    def leftovers(self) -> list[str]:
+        """What a run cut short left in the app directory (a release's first step removes it)."""
+        known = {"releases", "instances", "current", "previous", "history"}
+        return sorted([p for p in os.listdir(self.dir) if p not in known]
+                      + [f"instances/{p}" for p in os.listdir(self.dir / "instances") if not p.isdigit()]
+                      + [f"releases/{p}" for p in os.listdir(self.dir / "releases") if p.startswith(".")])
+
+    def essentials(self) -> dict:
+        """What serves, and how: nginx's answer, files and revision, the instances and their timers, `current`."""
+        return {"upstream": self.upstream(), "tree": snapshot(self.nginx.live),
+                "revision": self.nginx.revision(), "journal": self.nginx.journal.exists(),
+                "instances": self.instances(), "timers": self.timers(), "current": self.link("current")}
+
+    def bookkeeping(self) -> dict:
+        return {"previous": self.link("previous"), "history": self.history(), "releases": self.releases(),
+                "leftovers": self.leftovers()}
+
+    def serving(self) -> str:
+        """The release the host serves: nginx sends to a port (what it serves, else its live files) whose
+        instance is active, runs the release its link names, and passes its check. Fails the test if not."""
+        found = self.found()
+        port = live_port(found, PORTS)
+        assert port is not None, f"nginx sends to no instance port: {found}"
+        unit = unit_name(APP, port)
+        assert self.state(unit) == "active", f"nginx sends to port {port}, whose {unit} is {self.state(unit)}"
+        assert self.runs(unit) == found.instances[port].release, f"{unit} runs another release than its link names"
+        check = subprocess.run(["node", str(self.check_js), SETTINGS.app.bind, str(port), SETTINGS.app.health_path,
+                                "1", *SETTINGS.site.sse_paths], env={**self.env, "STUB_LOG": os.devnull},
+                               capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr
+        return self.runs(unit)
+
+
+@pytest.fixture
+def world(tmp_path, app_env):
+    return World(tmp_path, app_env)
+
+
+def touches(env, unit: str) -> list[str]:
+    """The systemctl calls that start, stop or restart UNIT."""
+    pattern = rf"systemctl (start|stop|restart)( -\S+)* {re.escape(unit)}"
+    return [c for c in calls(env, "systemctl") if re.fullmatch(pattern, c)]
+
+
+def assert_before_the_release(world):
+    """Nothing of what served changed: nginx (files, revision, what it serves), the live instance, the links,
+    the history and the releases."""
+    assert world.upstream() == f"{rev(LIVE_PORT)} {LIVE_PORT}" and world.serving() == "A"
+    assert snapshot(world.nginx.live) == world.tree and world.nginx.revision() == rev(LIVE_PORT)
+    assert not world.nginx.journal.exists()
+    assert not [c for c in calls(world.env, "systemctl") if "nginx" in c]
+    assert world.instances()[LIVE_PORT] == ("active", True, "A", "../releases/A")
+    assert not [c for c in calls(world.env, "systemctl") if unit_name(APP, LIVE_PORT) in c]
+    assert (world.link("current"), world.link("previous")) == ("releases/A", "releases/Z")
+    assert world.history() == HISTORY and world.releases() == sorted(World.AGES) and not world.timers()
+    assert not calls(world.env, "systemd-run")
+
+
+def test_release_is_checked_on_the_idle_port_then_nginx_switches_to_it_and_the_old_one_drains(world):
+    result = world.live("B")
+    assert result.returncode == 0, result.stderr
+    idle, old = unit_name(APP, IDLE_PORT), unit_name(APP, LIVE_PORT)
+    idle_drain, old_drain = drain_name(APP, IDLE_PORT), drain_name(APP, LIVE_PORT)
+    log = Path(world.env["STUB_LOG"]).read_text().splitlines()
+    assert f"systemctl show -p NRestarts --value {idle}" in log  # the check watches for an app that exits
+    assert [line for line in log if not line.startswith("systemctl show")] == [
+        f"systemctl stop {idle_drain}.timer {idle_drain}.service",  # 1. the idle port: anything there ends
+        f"systemctl stop {idle}",
+        f"systemctl reset-failed {idle}",
+        f"systemctl start {idle}",                                  # 2. started there and checked
+        f"node {world.check_js} 127.0.0.1 {IDLE_PORT} /healthz {CHECK_SECONDS} /api/stream",
+        f"check passed {IDLE_PORT} B",
+        f"systemctl enable --quiet {idle}",                         # starts at boot before nginx names it
+        f"nginx -t -c {world.nginx.live}/nginx.conf",               # 3. nginx switched, reloaded, proven
+        "systemctl is-active --quiet nginx",
+        "systemctl reload nginx",
+        f"nginx serves {rev(IDLE_PORT)} {IDLE_PORT}",
+        f"systemctl disable --quiet {old}",                         # 4. the old one no longer starts at boot
+        f"systemctl stop {old_drain}.timer {old_drain}.service",    # 5. the old one drains
+        f"systemctl reset-failed {old_drain}.timer {old_drain}.service",
+        f"systemd-run --quiet --unit={old_drain} --on-active={SETTINGS.app.drain_seconds} "
+        f"--timer-property=AccuracySec=100ms systemctl stop {old}",
+    ]
+    assert world.serving() == "B" and world.upstream() == f"{rev(IDLE_PORT)} {IDLE_PORT}"
+    assert (world.nginx.live / SITE).read_text() == site(IDLE_PORT) and world.nginx.revision() == rev(IDLE_PORT)
+    assert world.instances() == {IDLE_PORT: ("active", True, "B", "../releases/B"),
+                                 LIVE_PORT: ("active", False, "A", "../releases/A")}  # draining
+    assert world.timers() == {old_drain: [str(SETTINGS.app.drain_seconds), f"systemctl stop {old}"]}
+    assert world.found().instances[LIVE_PORT].draining
+    assert (world.link("current"), world.link("previous")) == ("releases/B", "releases/A")
+    assert world.history() == [*HISTORY, ("B", IDLE_PORT)]
+    # keep_releases 2: B and BAD are the newest; A stays (previous, and the draining instance runs it); Z goes.
+    assert world.releases() == ["A", "B", "BAD"] and not world.leftovers()
+    assert world.settle() == []  # nothing left for app_settle
+    world.drains_end()
+    assert world.instances()[LIVE_PORT] == ("inactive", False, None, "../releases/A")
+    assert world.live("B") is None and world.settle() == []  # the next run has nothing to do
+
+
+def test_without_drain_seconds_the_old_instance_is_stopped_at_once(world):
+    result = world.live("B", settings=parse({"app": {"name": APP, "drain_seconds": 0}}, offline=True))
+    assert result.returncode == 0, result.stderr
+    old = unit_name(APP, LIVE_PORT)
+    assert calls(world.env, "systemctl")[-1] == f"systemctl stop --no-block {old}"
+    assert world.state(old) == "inactive" and not world.timers() and not calls(world.env, "systemd-run")
+    assert world.serving() == "B"
+
+
+def test_a_release_while_the_last_one_drains_ends_that_drain_first(world):
+    assert world.deploy("B").returncode == 0
+    world.unpack("C", 5000)
+    Path(world.env["STUB_LOG"]).unlink()
+    result = world.deploy("C")
+    assert result.returncode == 0, result.stderr
+    # C goes to 3000, where A still drained: its timer and A stop before C starts there.
+    drain = drain_name(APP, LIVE_PORT)
+    assert calls(world.env, "systemctl")[:3] == [f"systemctl stop {drain}.timer {drain}.service",
+                                                 f"systemctl stop {unit_name(APP, LIVE_PORT)}",
+                                                 f"systemctl reset-failed {unit_name(APP, LIVE_PORT)}"]
+    assert world.serving() == "C" and world.upstream() == f"{rev(LIVE_PORT)} {LIVE_PORT}"
+    assert world.instances() == {LIVE_PORT: ("active", True, "C", "../releases/C"),
+                                 IDLE_PORT: ("active", False, "B", "../releases/B")}
+    assert list(world.timers()) == [drain_name(APP, IDLE_PORT)]
+    assert (world.link("current"), world.link("previous")) == ("releases/C", "releases/B")
+    assert world.history() == [*HISTORY, ("B", IDLE_PORT), ("C", LIVE_PORT)]
+    assert world.releases() == ["B", "C"]  # BAD and A: beyond keep_releases and no link names them
+
+
+def test_a_release_that_fails_its_check_is_stopped_and_gets_no_traffic(world):
+    result = world.live("BAD")
+    assert result.returncode == 1
+    assert f"release BAD failed its check on port {IDLE_PORT} and was stopped" in result.stderr
+    assert "BAD answered 500" not in result.stderr and "/healthz answered 500" in result.stderr
+    assert "stub journal" in result.stderr
+    idle = unit_name(APP, IDLE_PORT)
+    assert touches(world.env, idle)[-2:] == [f"systemctl start {idle}", f"systemctl stop {idle}"]
+    assert world.instances()[IDLE_PORT] == ("inactive", False, None, "../releases/BAD")
+    assert not calls(world.env, "nginx")  # not even nginx -t
+    assert_before_the_release(world)
+
+
+def test_a_release_whose_app_exits_at_start_fails_at_once_not_after_the_check_timeout(world):
+    world.unpack("CRASH", 5000)
+    (world.dir / "releases" / "CRASH" / "crash").write_text("exits at start\n")
+    result = world.live("CRASH")  # the stub check would wait 60 s: only the restart watch ends it
+    assert result.returncode == 1
+    assert f"app check failed on 127.0.0.1:{IDLE_PORT}: the app exited (systemd restarted it" in result.stderr
+    assert f"release CRASH failed its check on port {IDLE_PORT} and was stopped" in result.stderr
+    assert world.instances()[IDLE_PORT][0] == "inactive"
+    assert not calls(world.env, "nginx") and world.serving() == "A"
+    assert not touches(world.env, unit_name(APP, LIVE_PORT))
+
+
+def test_nginx_refusing_the_switch_stops_the_checked_release_and_restores_nginx(world):
+    world.bad_stage = True
+    result = world.live("B")
+    assert result.returncode == 1
+    assert 'unknown directive "bogus"' in result.stderr and "restored as it was" in result.stderr
+    assert f"nginx refused the switch to port {IDLE_PORT} (above); release B was stopped" in result.stderr
+    idle = unit_name(APP, IDLE_PORT)
+    assert calls(world.env, "check") == [f"check passed {IDLE_PORT} B"]
+    assert touches(world.env, idle)[-2:] == [f"systemctl start {idle}", f"systemctl stop {idle}"]
+    assert world.instances()[IDLE_PORT] == ("inactive", False, None, "../releases/B")
+    assert "bogus" in (world.nginx.state / "failed" / SITE).read_text()
+    assert_before_the_release(world)
+
+
+def test_a_release_not_on_the_host_is_refused_before_anything(world):
+    before = snapshot(world.root / "app"), snapshot(world.sd)
+    result = world.live("NOPE")
+    assert result.returncode == 1 and "releases/NOPE is not on the host" in result.stderr
+    assert not Path(world.env["STUB_LOG"]).exists()  # no systemctl, node, nginx
+    assert (snapshot(world.root / "app"), snapshot(world.sd)) == before
+
+
+def test_the_first_release_starts_on_the_first_port_with_nothing_to_switch_or_drain(tmp_path, app_env):
+    world = World(tmp_path, app_env, first=True)
+    assert world.found() == HostInstances(instances={port: Instance() for port in PORTS})
+    result = world.deploy("B")
+    assert result.returncode == 0, result.stderr
+    unit = unit_name(APP, LIVE_PORT)
+    assert world.instances() == {LIVE_PORT: ("active", True, "B", "../releases/B"),
+                                 IDLE_PORT: ("inactive", False, None, None)}
+    assert calls(world.env, "check") == [f"check passed {LIVE_PORT} B"]
+    assert not [c for c in calls(world.env, "systemctl") if "nginx" in c or "disable" in c]
+    assert not calls(world.env, "systemd-run") and not calls(world.env, "nginx") and not world.timers()
+    assert (world.link("current"), world.link("previous")) == ("releases/B", None)
+    assert world.history() == [("B", LIVE_PORT)] and world.releases() == ["B"]
+    assert f"systemctl enable --quiet {unit}" in calls(world.env, "systemctl")
+
+
+# Each fault point of app-release.sh, and the release that reaches it: "good" (B: checked, switched to),
+# "bad" (BAD: fails its check).
+RELEASE_POINTS = {
+    1: "good",                                # the idle instance stopped
+    2: "good", 3: "good",                     # its link being switched; switched, not started
+    4: "bad",                                 # it failed its check, still running
+    5: "good",                                # it passed, nginx not switched
+    6: "good", 7: "good", 8: "good",          # nginx's files switched; reloaded; the new revision served
+    9: "good",                                # the new instance enabled, the old one disabled
+    10: "good", 11: "good", 12: "good",       # previous being moved; current being moved; history written
+    13: "good",                               # the old instance's drain scheduled
+    14: "good",                               # a release being pruned
+}
+TARGETS = {"good": "B", "bad": "BAD"}
+SWITCHED_AT = 7  # from this point on nginx serves the new release
+
+# After a cut from SWITCHED_AT on, the release is live: the next run owes none, and app_settle converges the
+# instances and records the release (`current`, `previous`, the history) as an uninterrupted run does; what
+# still differs, per point (by choice: a settle only converges what serves and what is recorded): nothing is
+# pruned, or a cut's leftovers stay, until the next release.
+NOT_PRUNED = {"releases": sorted(World.AGES)}
+RECORDED_OTHERWISE = {
+    7: NOT_PRUNED, 8: NOT_PRUNED, 9: NOT_PRUNED, 10: NOT_PRUNED, 11: NOT_PRUNED, 12: NOT_PRUNED, 13: NOT_PRUNED,
+    14: {"leftovers": [".releases-by-age", "releases/.pruning-Z"]},
+}
+# What a release's first step removes (`rm -f instances/*.new current.new previous.new`, `rm -rf
+# .releases-by-age releases/.pruning-*`).
+LEFTOVERS = ("instances/*.new", "current.new", "previous.new", ".releases-by-age", "releases/.pruning-*")
+
+_REFERENCES: dict[str, tuple] = {}
+
+
+def reference(scenario: str, env, tmp_path_factory) -> tuple:
+    """What a run nobody interrupts leaves, once its drain is over: (exit status, essentials, bookkeeping)."""
+    if scenario not in _REFERENCES:
+        root = tmp_path_factory.mktemp(f"reference-{scenario}")
+        world = World(root, {**env, "STUB_LOG": str(root / "stub.log")})
+        result = world.deploy(TARGETS[scenario])
+        world.drains_end()
+        _REFERENCES[scenario] = (result.returncode, world.essentials(), world.bookkeeping())
+    return _REFERENCES[scenario]
+
+
+def cut(world, point: int, mode: str = "kill"):
+    scenario = RELEASE_POINTS[point]
+    result = world.live(TARGETS[scenario], fault=str(point) if mode == "kill" else f"{point}:fail")
     if mode == "kill":
-        assert killed(result), f"point {point} not reached"
+        assert killed(result), f"point {point} not reached: {result.stderr}"
     else:
-        assert result.returncode == 1 and f"fault injected at point {point}" in result.stderr
-    assert_whole_release_live(app)
-    assert_app_converges(app, env, scenario, tmp_path_factory)
+        assert result.returncode == 1 and f"fault injected at point {point}" in result.stderr, result.stderr
+    return result
 
 
-@pytest.mark.parametrize("scenario", sorted(set(APP_POINTS.values())))
-def test_activate_has_no_fault_point_beyond_the_table(tmp_path, env, scenario):
-    app = App(tmp_path, first=scenario == "first-bad")
-    assert not killed(start_activate(app, env, scenario, str(max(APP_POINTS) + 1)))
+def assert_bookkeeping_sane(world, want: dict):
+    """Every link names a whole kept release; previous is not current; the history is the old one, plus this
+    release at most once; releases are kept as the uninterrupted run keeps them, or not yet pruned; anything
+    else left is what the next release removes first."""
+    now = world.bookkeeping()
+    for rel in ["current", "previous", *(f"instances/{p}" for p in PORTS)]:
+        target = world.link(rel)
+        if target is not None:
+            name = target.removeprefix("../").removeprefix("releases/")
+            assert name in now["releases"] and (world.dir / "releases" / name / "id").read_text() == name, rel
+    assert now["previous"] != world.link("current")
+    assert now["history"][:len(HISTORY)] == HISTORY and now["history"][len(HISTORY):] in ([], want["history"][-1:])
+    assert set(want["releases"]) <= set(now["releases"]) <= set(World.AGES)
+    for left in now["leftovers"]:
+        assert any(fnmatch.fnmatch(left, pattern) for pattern in LEFTOVERS), left
+
+
+@pytest.mark.parametrize("point", sorted(RELEASE_POINTS))
+@pytest.mark.parametrize("mode", ["kill", "fail"])
+def test_release_cut_at_each_point_keeps_the_host_serving_and_the_next_run_converges(
+        world, tmp_path_factory, point, mode):
+    scenario = RELEASE_POINTS[point]
+    status, essentials, bookkeeping = reference(scenario, world.env, tmp_path_factory)
+    cut(world, point, mode)
+    # What served serves until nginx is switched, then the checked release: never neither.
+    assert world.serving() == ("B" if point >= SWITCHED_AT and scenario == "good" else "A")
+    assert not touches(world.env, unit_name(APP, LIVE_PORT)), "the live instance was stopped or restarted"
+    # The next run decides from what it finds, and ends where an uninterrupted run ends.
+    result = world.deploy(TARGETS[scenario])
+    assert (result.returncode if result else 0) == status, result.stderr
+    world.drains_end()
+    assert world.essentials() == essentials
+    assert [p for p, (state, *_) in world.instances().items() if state != "inactive"] == (
+        [IDLE_PORT] if scenario == "good" else [LIVE_PORT])
+    assert world.live(world.serving()) is None and world.settle() == []  # settled: nothing owed
+    assert_bookkeeping_sane(world, bookkeeping)
+    assert world.bookkeeping() == {**bookkeeping, **RECORDED_OTHERWISE.get(point, {})}
+
+
+# A kill as a power cut makes it: the host then boots with the units enabled and nginx's live files. From
+# point 6 on those files name the new instance, which app-release.sh enabled before the swap.
+FILES_SWITCHED_AT = 6
+
+
+@pytest.mark.parametrize("point", sorted(RELEASE_POINTS))
+def test_a_power_cut_at_each_point_leaves_a_host_that_serves_once_it_boots(world, point):
+    cut(world, point)
+    world.power_cut()
+    assert world.serving() == ("B" if point >= FILES_SWITCHED_AT and RELEASE_POINTS[point] == "good" else "A")
+
+
+@pytest.mark.parametrize("scenario", sorted(TARGETS))
+def test_release_has_no_fault_point_beyond_the_table(world, scenario):
+    result = world.live(TARGETS[scenario], fault=str(max(RELEASE_POINTS) + 1))
+    assert result.returncode == (0 if scenario == "good" else 1), result.stderr
 
 
 # -- deploy-lock.sh (through the command deploy_lock.py runs) ------------------------------------------

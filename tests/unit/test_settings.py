@@ -9,7 +9,15 @@ def test_defaults_are_production_ready():
     s = parse({})
     assert s.site.sse_paths == ["/api/stream"]
     assert s.app.port == 3000
+    assert s.app.instance_ports == (3000, 3001) and s.app.bind == "127.0.0.1"
+    assert s.app.drain_seconds + s.app.stop_timeout < s.nginx.worker_shutdown_timeout  # 30 + 15 < 60
     assert s.proxy_read_timeout == 60  # 4 x the 15 s heartbeat
+
+
+def test_both_instance_ports_can_be_chosen():
+    assert parse({"app": {"ports": [4000, 5000]}}).app.instance_ports == (4000, 5000)
+    assert parse({"app": {"ports": [4000, 5000], "port": 4000}}).app.instance_ports == (4000, 5000)
+    assert parse({"app": {"bind": "fd00::1"}}).app.bind == "fd00::1"
 
 
 @pytest.mark.parametrize("bad", ["/a;b", "/a{", "/a}", '/a"b', "/a'b", "/$x", "/a b", "/a\nb", "relative", ""])
@@ -54,6 +62,17 @@ REFUSED = [
     ({"app": {"port": 9000}, "site": {"revision_port": 9000}}, "app.port = 9000", "site.revision_port"),
     ({"app": {"port": 8080}, "site": {"listen_port": 8080}}, "app.port = 8080", "site.listen_port"),
     ({"app": {"port": 81}}, "app.port = 81", "1024 or above"),
+    ({"app": {"port": 8572}}, "app.port = 8572", "the second instance's port 8573 (app.port + 1): nginx listens"),
+    ({"app": {"port": 65535}}, "app.port = 65535", "choose both with app.ports"),
+    ({"app": {"ports": [3000, 3000]}}, "app.ports = [3000, 3000]", "two different ports"),
+    ({"app": {"ports": [3000]}}, "app.ports = [3000]", "at least 2"),
+    ({"app": {"ports": [3000, 80]}}, "app.ports = [3000, 80]", "nginx listens on 80"),
+    ({"app": {"ports": [4000, 4001], "port": 3000}}, "app.port = 3000", "set app.ports alone"),
+    ({"app": {"bind": "0.0.0.0"}}, "app.bind = '0.0.0.0'", "not every address"),
+    ({"app": {"bind": "localhost"}}, "app.bind = 'localhost'", "must be an IP address"),
+    ({"app": {"drain_seconds": 50}}, "app.drain_seconds = 50", "must stay below nginx.worker_shutdown_timeout (60 s)"),
+    ({"app": {"drain_seconds": 5, "stop_timeout": 10}, "nginx": {"worker_shutdown_timeout": 15}},
+     "app.drain_seconds = 5", "(15 s) must stay below"),
     ({"app": {"user": "root"}}, "app.user = 'root'", "must not run as root"),
     ({"app": {"name": "root"}}, "app.name = 'root'", "must not run as root"),
     ({"site": {"sse_paths": ["/a", "/b", "/a"]}}, "site.sse_paths.2 = '/a'", "listed twice (also site.sse_paths.0)"),
@@ -108,7 +127,7 @@ def test_inventory_layers_merge_per_field(tmp_path):
     app_dir = tmp_path / "built"
     app_dir.mkdir()
     (tmp_path / "group_data").mkdir()
-    (tmp_path / "group_data" / "all.py").write_text('nginx = {"worker_shutdown_timeout": 30}\n')
+    (tmp_path / "group_data" / "all.py").write_text('nginx = {"worker_shutdown_timeout": 50}\n')
     inventory = tmp_path / "inventory.py"
     inventory.write_text(
         "web = (\n"
@@ -124,7 +143,7 @@ def test_inventory_layers_merge_per_field(tmp_path):
     assert one.site.server_names == ["example.com"] and one.site.sse_paths == ["/events"]
     assert two.app.source == str(app_dir) and two.app.heartbeat_seconds == 5 and two.app.env == {"REGION": "eu"}
     assert two.nginx.expected_streams == 500
-    assert one.nginx.worker_shutdown_timeout == two.nginx.worker_shutdown_timeout == 30  # group_data/all.py
+    assert one.nginx.worker_shutdown_timeout == two.nginx.worker_shutdown_timeout == 50  # group_data/all.py
 
 
 def test_sandbox_style_host_settings_survive_an_inventory_that_adds_its_own(tmp_path, monkeypatch):

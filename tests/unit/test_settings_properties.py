@@ -105,10 +105,14 @@ def test_an_app_port_nginx_listens_on_is_refused(listen, revision, tls, app):
     msg = rejected(data)
     if len({listen, revision, tls} - {None}) < (3 if tls else 2):
         assert msg  # nginx's own ports clash
+    elif app == 65535:  # the app's own fields are checked first
+        assert msg and "app.port + 1" in msg and "app.ports" in msg
     elif app in (listen, revision, tls):
         assert msg and f"app.port = {app}: nginx listens on {app}" in msg
     elif app < 1024:
         assert msg and f"app.port = {app}" in msg and "1024" in msg
+    elif app + 1 in (listen, revision, tls):  # the second instance's port
+        assert msg and f"app.port = {app}: the second instance's port {app + 1} (app.port + 1): nginx listens" in msg
     else:
         assert msg is None
 

@@ -5,16 +5,21 @@ export const dynamic = 'force-dynamic'; // never prerendered or cached
 const INTERVAL_MS = Number(process.env.INTERVAL_MS || 1000);
 const HEARTBEAT_MS = Number(process.env.HEARTBEAT_MS || 15000);
 
-// Next.js waits for open requests on SIGTERM, and a stream never ends by itself; on
-// Node 18 idle keep-alive sockets (nginx's upstream pool) hold it too. End the streams
-// and exit after a short grace, so a restart takes a moment, not the whole stop
-// timeout. Clients resume with Last-Event-ID (nginx answers `retry:` meanwhile).
+// Next.js waits for open requests on SIGTERM, and a stream never ends by itself. On
+// SIGTERM each stream ends right after its next event with a short `retry:`, random per
+// stream, so browsers come straight back (to the other instance) with Last-Event-ID,
+// having missed nothing, spread over a second rather than in one burst; then exit.
 const open = new Set();
+const shutdownRetryMs = () => 500 + Math.floor(Math.random() * 1001); // 500..1500
 if (!globalThis.__sseShutdownHook) {
   globalThis.__sseShutdownHook = true;
   process.once('SIGTERM', () => {
-    for (const end of open) end();
-    setTimeout(() => process.exit(0), 1000).unref();
+    for (const stream of open) stream.closing = true;
+    const grace = Math.min(INTERVAL_MS + 250, 2000);
+    setTimeout(() => {
+      for (const stream of [...open]) stream.goodbye();
+    }, grace);
+    setTimeout(() => process.exit(0), grace + 500).unref();
   });
 }
 
@@ -38,25 +43,33 @@ export function GET(request) {
           stop(); // the client is gone
         }
       };
-      // Next flushes headers with the first chunk: send one at once so `open` fires.
-      send('retry: 5000\n: connected\n\n');
-      // Resuming continues at the normal cadence: no burst of replayed events.
-      tick = setInterval(() => {
-        n += 1;
-        send(`id: ${n}\ndata: ${JSON.stringify({ n, ts: Date.now() })}\n\n`);
-      }, INTERVAL_MS);
-      // Keeps quiet streams open past proxy read timeouts.
-      ping = setInterval(() => send(': ping\n\n'), HEARTBEAT_MS);
+      const stream = { closing: false };
       const end = () => {
         stop();
-        open.delete(end);
+        open.delete(stream);
         try {
           controller.close();
         } catch {
           // already closed
         }
       };
-      open.add(end);
+      stream.goodbye = () => {
+        send(`retry: ${shutdownRetryMs()}\n\n`);
+        end();
+      };
+      const event = () => {
+        n += 1;
+        send(`id: ${n}\ndata: ${JSON.stringify({ n, ts: Date.now() })}\n\n`);
+        if (stream.closing) stream.goodbye(); // shutting down: end right after an event
+      };
+      // Next flushes headers with the first chunk: send one at once so `open` fires.
+      send('retry: 5000\n: connected\n\n');
+      // A resumed client gets the event it is owed at once, then the normal cadence (not a burst).
+      if (n > 0) event();
+      tick = setInterval(event, INTERVAL_MS);
+      // Keeps quiet streams open past proxy read timeouts.
+      ping = setInterval(() => send(': ping\n\n'), HEARTBEAT_MS);
+      open.add(stream);
       request.signal.addEventListener('abort', end);
     },
     cancel() {
