@@ -55,19 +55,22 @@ test: deps nextjs
 unit: deps
 	$(BIN)/pytest tests/unit
 
-# Benchmarks (bench/): capacity and latency of SSE streams, deploy speed. Each boots its own sandbox
-# instances (bench, benchd) and tears them down; missed targets print FAIL but never fail the command.
+# Benchmarks (bench/): capacity and latency of SSE streams, deploy speed, what a release costs the streams.
+# Each boots its own sandbox instances (bench, benchd, benchr) and tears them down; missed targets print
+# FAIL but never fail the command.
 # Only the full run writes its tables into README.md; the quick one writes docs/benchmarks/*-quick.*.
 $(BIN)/.bench-installed: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import matplotlib" && touch $@
 
 bench: deps $(BIN)/.bench-installed
-	status=0; $(BIN)/python -m bench.capacity || status=1; $(BIN)/python -m bench.deploy_speed || status=1; exit $$status
+	status=0; $(BIN)/python -m bench.capacity || status=1; $(BIN)/python -m bench.deploy_speed || status=1; \
+	$(BIN)/python -m bench.release_cost || status=1; exit $$status
 
 bench-quick: deps $(BIN)/.bench-installed
 	status=0; $(BIN)/python -m bench.capacity --quick || status=1; \
-	$(BIN)/python -m bench.deploy_speed --quick || status=1; exit $$status
+	$(BIN)/python -m bench.deploy_speed --quick || status=1; \
+	$(BIN)/python -m bench.release_cost --quick || status=1; exit $$status
 
 clean: demo-down
 	rm -rf $(VENV) .sandbox

@@ -7,7 +7,8 @@
 Sandbox instance `bench`, two hosts: bench-1 deployed by deploy.py (cases a, b), bench-2 by
 bench/stock_deploy.py (cases c, d). The load client (bench/sse-load.js) runs on the host under test, so
 all four cases have the same placement and latency is measured on one clock. One case runs at a time;
-before each, the app and nginx are restarted so CPU and memory figures start from a clean process.
+before each, the app and nginx are restarted so CPU and memory figures start from a clean process. The app
+runs as two instances (sseapp@PORT.service); case (a) and the restarts use the live one, read on the host.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 from bench import common, plots
+from ssedeploy.instances import unit_name
+from ssedeploy.settings import parse
 
 INSTANCE = "bench"
 CLIENT = Path(__file__).with_name("sse-load.js")
@@ -32,9 +35,10 @@ CASES = {
     "c": "(c) stock nginx + copied SSE block",
     "d": "(d) stock nginx + plain proxy_pass",
 }
-URLS = {"a": "http://127.0.0.1:3000/api/stream", "b": "http://127.0.0.1:80/api/stream",
+URLS = {"a": "http://127.0.0.1:{port}/api/stream", "b": "http://127.0.0.1:80/api/stream",
         "c": "http://127.0.0.1:80/api/stream", "d": "http://127.0.0.1:80/api/stream"}
 VARIANT = {"c": "sse", "d": "plain"}
+STOCK_PORT = 3000  # where bench/nginx/stock-*.conf proxy to
 LOG_ALERTS = ("worker_connections are not enough", "Too many open files")
 WAIT_HEALTHY = (
     "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 "
@@ -71,19 +75,24 @@ def deploy_hosts(tmp: Path, variant: str | None = None, which: tuple[str, ...] =
 
 
 def run_case(host: dict, case: str, streams: int, hold: int) -> dict:
-    units = "sseapp.service" if case == "a" else "nginx.service,sseapp.service"
+    port = common.live_port(host)
+    if case in VARIANT and port != STOCK_PORT:
+        raise RuntimeError(f"{host['name']}: the app is live on port {port}, the stock site proxies to {STOCK_PORT}")
+    app_unit = unit_name(parse({}).app.name, port)
+    units = app_unit if case == "a" else f"nginx.service,{app_unit}"
     # Clean processes for each case; the app must answer before the first connect.
-    log_size = common.ssh(host, "sudo systemctl restart sseapp nginx && "
-                          f"bash -c {common.quoted(WAIT_HEALTHY.format(port=3000))} && "
+    log_size = common.ssh(host, f"sudo systemctl restart {app_unit} nginx && "
+                          f"bash -c {common.quoted(WAIT_HEALTHY.format(port=port))} && "
                           "sudo stat -c %s /var/log/nginx/error.log").strip()
-    command = common.quoted("node", f"{REMOTE_DIR}/sse-load.js", "--url", URLS[case], "--streams", streams,
-                            "--rate", RATE, "--hold", hold, "--units", units, "--connect-timeout", 10)
+    command = common.quoted("node", f"{REMOTE_DIR}/sse-load.js", "--url", URLS[case].format(port=port),
+                            "--streams", streams, "--rate", RATE, "--hold", hold, "--units", units,
+                            "--connect-timeout", 10)
     common.log(f"case {case}: {streams:,} streams on {host['name']}, ramp {streams / RATE:.0f} s + hold {hold} s")
     result = json.loads(common.ssh(host, command, timeout=streams / RATE + hold + 120))
     tail = f"sudo tail -c +{int(log_size) + 1} /var/log/nginx/error.log"
     alerts = {text: int(common.ssh(host, f"{tail} | grep -c {common.quoted(text)} || true").strip() or 0)
               for text in LOG_ALERTS}
-    nginx, app = result["units"].get("nginx.service", {}), result["units"]["sseapp.service"]
+    nginx, app = result["units"].get("nginx.service", {}), result["units"][app_unit]
     per_stream = result.pop("per_stream")
     return {
         "case": case, "streams": streams, "healthy": result["healthy"], "p50": result["latency_ms"]["p50"],

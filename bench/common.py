@@ -16,9 +16,15 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
+
+from ssedeploy import instances
+from ssedeploy.facts import AppInstances, parse_instances
+from ssedeploy.paths import app_dir
+from ssedeploy.settings import Settings, parse
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -85,6 +91,39 @@ def ssh(host: dict, command: str, timeout: float = 120, input: str | None = None
     return run(*ssh_args(host), command, timeout=timeout, input=input, check=check).stdout
 
 
+def app_instances(host: dict, settings: Settings | None = None) -> instances.HostInstances:
+    """The app's instances on a host, read with the deploy's own fact (default settings' app)."""
+    settings = settings or parse({})
+    app = settings.app
+    command = AppInstances().command(app=app.name, app_dir=app_dir(settings), ports=app.instance_ports,
+                                     revision_port=settings.site.revision_port)
+    return parse_instances(ssh(host, f"sudo bash -c {shlex.quote(command)}").splitlines())
+
+
+def live_port(host: dict, settings: Settings | None = None) -> int:
+    """The port of the app instance nginx sends to (its loopback /ssedeploy/upstream, else its site file); on a
+    host whose nginx is not ssedeploy's (bench/stock_deploy.py), the one instance that runs."""
+    settings = settings or parse({})
+    found = app_instances(host, settings)
+    port = instances.live_port(found, settings.app.instance_ports)
+    if port is not None:
+        return port
+    running = [port for port, inst in sorted(found.instances.items()) if inst.running]
+    if len(running) != 1:
+        raise RuntimeError(f"{host['name']}: no live app instance to tell (running: {running or 'none'})")
+    return running[0]
+
+
+def poll(condition, seconds: float, every: float = 0.2) -> bool:
+    """Call `condition` until it is true (True) or `seconds` have passed (False)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
 def machine(host: dict | None = None) -> dict:
     """The machine and the versions the figures depend on (nginx and Node as installed on the sandbox host)."""
     mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
@@ -120,17 +159,22 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def publish(stem: str, full: str, markdown: str, data: dict, plot) -> None:
-    """Write docs/benchmarks/STEM.{md,json,png} (`plot(path)` draws the PNG) and print the table; the full
-    run (STEM == FULL) also puts it between README.md's `bench:FULL` markers."""
+def publish(stem: str, full: str, markdown: str, data: dict, plot=None) -> None:
+    """Write docs/benchmarks/STEM.{md,json,png} (`plot(path)` draws the PNG; no plot, no PNG) and print the
+    table; the full run (STEM == FULL) also puts it between README.md's `bench:FULL` markers."""
     DOCS.mkdir(parents=True, exist_ok=True)
-    (DOCS / f"{stem}.md").write_text(markdown + f"\n\n![{full}]({stem}.png)\n")
+
+    def image(prefix: str) -> str:
+        return f"\n\n![{full}]({prefix}{stem}.png)" if plot else ""
+    (DOCS / f"{stem}.md").write_text(markdown + image("") + "\n")
     (DOCS / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
-    plot(DOCS / f"{stem}.png")
+    if plot:
+        plot(DOCS / f"{stem}.png")
     if stem == full:
-        write_readme(full, markdown + f"\n\n![{full}](docs/benchmarks/{stem}.png)")
+        write_readme(full, markdown + image("docs/benchmarks/"))
     print(markdown)
-    log(f"{full} benchmark done in {data['wall_s']:.0f} s; wrote docs/benchmarks/{stem}.{{md,json,png}}"
+    wrote = "md,json,png" if plot else "md,json"
+    log(f"{full} benchmark done in {data['wall_s']:.0f} s; wrote docs/benchmarks/{stem}.{{{wrote}}}"
         + (" and README.md" if stem == full else ""))
 
 

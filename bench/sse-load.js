@@ -2,7 +2,7 @@
 // so it reaches the app on loopback and shares the app's clock (latency = receive time - the event's `ts`).
 //
 //   node sse-load.js --url http://127.0.0.1:80/api/stream --streams 1000 --rate 1000 --hold 30 \
-//        [--units nginx.service,sseapp.service] [--connect-timeout 10]
+//        [--units nginx.service,sseapp@3000.service] [--connect-timeout 10]
 //
 // Opens N streams at `rate` connects/s, holds them all for `hold` s after the ramp, then closes them and
 // prints one JSON object: totals, latency percentiles, errors by kind, per-unit CPU/RSS, per-stream records.
@@ -37,9 +37,12 @@ const TS_FLOOR = 0.5;
 
 // --- per-unit CPU (cgroup cpu.stat usage_usec) and memory (cgroup memory or summed RSS of its processes)
 function cgroupDir(unit) {
-  // cgroup v2 host, or the v2 `unified` tree systemd mounts in a hybrid (v1) container.
+  // cgroup v2 host, or the v2 `unified` tree systemd mounts in a hybrid (v1) container. An instance of a
+  // template (sseapp@3000.service) sits in its template's slice, system-sseapp.slice ('-' escaped as \x2d).
+  const at = unit.indexOf('@');
+  const slice = at > 0 ? `system-${unit.slice(0, at).replace(/-/g, '\\x2d')}.slice/` : '';
   for (const base of ['/sys/fs/cgroup/system.slice', '/sys/fs/cgroup/unified/system.slice']) {
-    if (fs.existsSync(`${base}/${unit}/cgroup.procs`)) return `${base}/${unit}`;
+    if (fs.existsSync(`${base}/${slice}${unit}/cgroup.procs`)) return `${base}/${slice}${unit}`;
   }
   return null;
 }

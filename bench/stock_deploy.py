@@ -4,6 +4,9 @@
 
 The package's nginx.conf and nginx.service stay untouched (no LimitNOFILE drop-in); only the
 default site is swapped for bench/nginx/stock-<variant>.conf. Host data `bench_variant` wins over the env.
+The app role runs only on a host where no app instance runs yet (the first run: it goes live on port 3000,
+where the stock sites proxy to): with no ssedeploy nginx to read the live instance from, a later run would
+release the app again, and with nginx installed by then it would switch ssedeploy's nginx files in.
 """
 
 import os
@@ -13,6 +16,7 @@ from pyinfra import host
 from pyinfra.operations import apt, files, systemd
 
 from roles.app import app
+from ssedeploy.operations.app import instances_on_host
 from ssedeploy.settings import for_host
 
 SITES = Path(__file__).resolve().parent / "nginx"
@@ -20,7 +24,9 @@ variant = host.data.get("bench_variant") or os.environ.get("SSEDEPLOY_BENCH_VARI
 if variant not in ("sse", "plain"):
     raise ValueError(f"bench variant must be 'sse' or 'plain', not {variant!r}")
 
-app(for_host(host))
+settings = for_host(host)
+if not any(instance.running for instance in instances_on_host(settings).instances.values()):
+    app(settings)
 
 apt.packages(name="Install nginx (as shipped)", packages=["nginx"])
 default = files.link(name="Disable the default site", path="/etc/nginx/sites-enabled/default", present=False)
