@@ -95,16 +95,23 @@ def _releases(args) -> int:
         _err(run.stdout + run.stderr)
     if args.json:
         print(json.dumps({name: h["facts"].get("releases") for name, h in data["hosts"].items()}, indent=2))
-        return 1 if data["failed_hosts"] else 0
+    else:
+        print("\n".join(releases_lines(data, args.limit_releases)))
+    return 1 if data["failed_hosts"] else 0
+
+
+def releases_lines(data: dict, count: int | None = None) -> list[str]:
+    """`ssedeploy releases` as text, from the results of releases_deploy.py: per host, newest made live first."""
+    lines = []
     for name, h in data["hosts"].items():
         rows = h["facts"].get("releases")
         if rows is None:
-            print(f"{name}: could not read its releases ({h['failed_at']})")
+            lines.append(f"{name}: could not read its releases ({h['failed_at']})")
             continue
-        print(f"{name}: {len(rows)} release(s) kept" + ("" if rows else " (none deployed yet)"))
-        for row in rows[: args.limit_releases]:
-            print(f"  {row['id']}  {row['made_live'] or 'never live':20}  {row['state']}")
-    return 1 if data["failed_hosts"] else 0
+        lines.append(f"{name}: {len(rows)} release(s) kept" + ("" if rows else " (none deployed yet)"))
+        lines += [f"  {row['id']}  {row['made_live'] or 'never live':20}  {row['state']}".rstrip()
+                  for row in rows[:count]]
+    return lines
 
 
 def _probe(args) -> int:

@@ -105,6 +105,9 @@ def test_releases_lists_what_is_kept_and_rollback_to_refuses_an_unknown_id(rel):
     previous = host.check_output(f"readlink {APP}/previous").removeprefix("releases/")
     assert {row["id"]: row["state"] for row in rows if row["state"]} == {live: "live", previous: "previous"}
     assert all(row["made_live"] for row in rows if row["state"]), rows
+    text = run(str(BIN / "ssedeploy"), "releases", str(inventory), "-n", "1", instance=rel["instance"]).stdout
+    assert text.splitlines()[:2] == [f"{rel['info']['name']}: {len(rows)} release(s) kept",
+                                     f"  {live}  {rows[0]['made_live']}  live"], text
     refused = run(str(BIN / "ssedeploy"), "rollback", str(inventory), "--to", "0000dead", instance=rel["instance"],
                   check=False)
     out = refused.stdout + refused.stderr

@@ -322,3 +322,23 @@ def test_a_host_that_could_not_connect_is_a_failed_host(out):
     assert data["failed_hosts"] == {"dead": "could not connect"}
     assert data["hosts"]["dead"] == {"operations": [], "notes": [], "facts": {}, "failed_at": "could not connect"}
     assert ops(data) == [("say hi", "changed", [])]
+
+
+def test_releases_print_per_host_newest_first_and_say_what_they_could_not_read():
+    from ssedeploy.cli import releases_lines
+
+    rows = [{"id": "b" * 16, "unpacked": 2, "made_live": "2026-12-01T10:00:00Z", "state": "live"},
+            {"id": "a" * 16, "unpacked": 1, "made_live": "2026-11-30T10:00:00Z", "state": "previous"},
+            {"id": "c" * 16, "unpacked": 3, "made_live": None, "state": ""}]
+    data = {"hosts": {"web-1": {"facts": {"releases": rows}, "failed_at": None},
+                      "web-2": {"facts": {"releases": []}, "failed_at": None},
+                      "web-3": {"facts": {}, "failed_at": "could not connect"}}}
+    assert releases_lines(data) == [
+        "web-1: 3 release(s) kept",
+        f"  {'b' * 16}  2026-12-01T10:00:00Z  live",
+        f"  {'a' * 16}  2026-11-30T10:00:00Z  previous",
+        f"  {'c' * 16}  never live",
+        "web-2: 0 release(s) kept (none deployed yet)",
+        "web-3: could not read its releases (could not connect)",
+    ]
+    assert releases_lines(data, 1)[:2] == ["web-1: 3 release(s) kept", f"  {'b' * 16}  2026-12-01T10:00:00Z  live"]
