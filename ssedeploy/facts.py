@@ -11,6 +11,7 @@ from pyinfra.api import FactBase
 
 from . import nginx
 from .instances import HostInstances, Instance, drain_name, unit_name
+from .paths import SYSTEMD_UNITS
 
 Revisions = dict[str, str | None]
 PathState = tuple[str, str]  # ("F", sha256), ("L", link target) or ("D", "")
@@ -155,7 +156,7 @@ class AppInstances(FactBase[HostInstances]):
             # The upstream block's one `server ADDRESS:PORT;` line (server blocks open with `server {`).
             f'printf "files %s\\n" "$(sed -n \'s/^ *server [^ {{]*:\\([0-9][0-9]*\\);.*/\\1/p\' {site} 2>/dev/null | head -n 1)"',
             *(unit(f"instance {port}", port) for port in ports),
-            f'if [ -f /etc/systemd/system/{unit_name(app, None)} ]; then {unit("legacy -", None)}; fi',
+            f'if [ -f {SYSTEMD_UNITS}/{unit_name(app, None)} ]; then {unit("legacy -", None)}; fi',
             f'printf "current %s\\n" "$(readlink {app_dir}/current 2>/dev/null)"',
             f'printf "previous %s\\n" "$(readlink {app_dir}/previous 2>/dev/null)"',
         ])

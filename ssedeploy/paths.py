@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .instances import unit_name
 from .settings import Settings
 
 # ssedeploy's own state on a host: uploads, host-side scripts, notes between runs. Nothing here is live config.
@@ -12,6 +13,8 @@ STATE = "/var/lib/ssedeploy"
 # The nginx tree's staging, backups and the revision of the live files: outside /etc/nginx, so no include glob
 # ever loads them.
 NGINX_STATE = f"{STATE}/nginx"
+# Where ssedeploy puts the app's units.
+SYSTEMD_UNITS = "/etc/systemd/system"
 
 
 def app_dir(settings: Settings) -> str:
@@ -25,12 +28,12 @@ def env_path(settings: Settings) -> str:
 
 def unit_path(settings: Settings) -> str:
     """The app's template unit: one instance per port (APP@PORT.service)."""
-    return f"/etc/systemd/system/{settings.app.name}@.service"
+    return f"{SYSTEMD_UNITS}/{settings.app.name}@.service"
 
 
 def legacy_unit_path(settings: Settings) -> str:
     """The single unit of ssedeploy before two instances: stopped after the first release, then removed."""
-    return f"/etc/systemd/system/{settings.app.name}.service"
+    return f"{SYSTEMD_UNITS}/{unit_name(settings.app.name, None)}"
 
 
 def history_path(settings: Settings) -> str:

@@ -193,12 +193,18 @@ def instances(host, settings: Settings | None = None) -> HostInstances:
     return parse_instances(host.check_output(command).splitlines())
 
 
-def live_unit(host, settings: Settings | None = None) -> str:
-    """The unit of the instance nginx sends new connections to."""
+def live_app_port(host, settings: Settings | None = None) -> int:
+    """The port of the instance nginx sends new connections to."""
     settings = settings or parse({})
     port = live_port(instances(host, settings), settings.app.instance_ports)
     assert port is not None, "nginx sends to no app instance"
-    return unit_name(settings.app.name, port)
+    return port
+
+
+def live_unit(host, settings: Settings | None = None) -> str:
+    """The unit of the instance nginx sends new connections to."""
+    settings = settings or parse({})
+    return unit_name(settings.app.name, live_app_port(host, settings))
 
 
 def main_pid(host, settings: Settings | None = None) -> str:

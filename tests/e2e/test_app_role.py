@@ -12,7 +12,7 @@ from ssedeploy.paths import app_dir, env_path
 from ssedeploy.settings import parse as _parse
 from ssedeploy.sse import read_stream
 
-from .helpers import BIN, REPO, booted, deploy_with, host_of, live_unit, main_pid, run
+from .helpers import BIN, REPO, booted, deploy_with, host_of, live_app_port, live_unit, main_pid, run
 from .polling import streaming
 from .releasing import release_op
 
@@ -41,10 +41,6 @@ def deploy(nxt, check=True, **app):
     return deploy_with(settings(**app), nxt["tmp"], instance=NAME, check=check, env={"API_TOKEN": SECRET})
 
 
-def live_port(host) -> str:
-    return live_unit(host).split("@")[1].removesuffix(".service")
-
-
 def test_next_build_streams_through_nginx_like_a_browser(nxt):
     stream = read_stream(nxt["info"]["address"], 80, "/api/stream", duration=6.5, headers=BROWSER)
     assert stream.status == 200 and "content-encoding" not in stream.headers
@@ -55,7 +51,7 @@ def test_next_build_streams_through_nginx_like_a_browser(nxt):
 
 
 def test_app_headers_at_the_upstream_port(nxt):
-    port = live_port(nxt["host"])
+    port = live_app_port(nxt["host"])
     out = nxt["host"].check_output(f"curl -s -m 2 -D - -o /dev/null http://127.0.0.1:{port}/api/stream || true")
     assert re.search(r"(?im)^x-accel-buffering: no", out)
     assert re.search(r"(?im)^cache-control: no-cache, no-transform", out)
@@ -63,7 +59,7 @@ def test_app_headers_at_the_upstream_port(nxt):
 
 
 def test_app_listens_on_loopback_only(nxt):
-    port = live_port(nxt["host"])
+    port = live_app_port(nxt["host"])
     sockets = [s for s in nxt["host"].socket.get_listening_sockets() if s.endswith(f":{port}")]
     assert sockets == [f"tcp://127.0.0.1:{port}"]
 

@@ -18,7 +18,7 @@ from ssedeploy.paths import NGINX_STATE, env_path
 from ssedeploy.probe import probe
 from ssedeploy.settings import Site, parse as _parse
 
-from .helpers import (booted, deploy_with, host_of, instances, live_unit, main_pid, ssedeploy, start_deploy,
+from .helpers import (booted, deploy_with, host_of, instances, live_app_port, live_unit, main_pid, ssedeploy, start_deploy,
                       write_inventory)
 from .polling import streaming, wait_until
 from .releasing import build, release_op, settled, watched
@@ -124,8 +124,7 @@ def test_app_killed_answers_retry_never_5xx_and_clients_resume(one):
 
 def quiet_app(host, *env: str) -> None:
     """Override the app's environment with a drop-in (none: back to the deployed unit)."""
-    unit = live_unit(host)
-    port = unit.split("@")[1].removesuffix(".service")
+    unit, port = live_unit(host), live_app_port(host)
     d = f"/etc/systemd/system/{unit}.d"
     body = "[Service]\n" + "".join(f"Environment={e}\n" for e in env)
     host.run_expect([0], f"mkdir -p {d} && printf '{body}' > {d}/zz-fault.conf" if env else f"rm -f {d}/zz-fault.conf")

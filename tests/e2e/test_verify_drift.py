@@ -11,7 +11,7 @@ from ssedeploy.nginx import LIVE
 from ssedeploy.paths import app_dir, env_path, unit_path
 from ssedeploy.settings import parse as _parse
 
-from .helpers import BIN, INSTANCE, live_unit, pyinfra_deploy, run
+from .helpers import BIN, INSTANCE, live_app_port, live_unit, pyinfra_deploy, run
 
 DEFAULTS = _parse({})  # the default app, as deployed here
 APP, ENV = app_dir(DEFAULTS), env_path(DEFAULTS)
@@ -56,7 +56,7 @@ def test_verify_fails_naming_host_and_check(deployed, target):
 def test_verify_and_drift_name_an_old_instance_nothing_drains(deployed, target):
     """A run that died after the switch left the old instance running with no drain pending."""
     live = live_unit(deployed)
-    port = int(live.split("@")[1].split(".")[0])
+    port = live_app_port(deployed)
     other = next(p for p in DEFAULTS.app.instance_ports if p != port)
     stray = f"sseapp@{other}.service"
     deployed.check_output(f"ln -sfT $(readlink {APP}/current | sed 's|^|../|') {APP}/instances/{other} "

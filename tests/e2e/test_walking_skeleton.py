@@ -15,7 +15,7 @@ from ssedeploy.settings import parse
 from ssedeploy.sse import read_stream
 from ssedeploy.testinfra_hosts import get_host
 
-from .helpers import BIN, INSTANCE, live_unit, pyinfra, pyinfra_deploy, run
+from .helpers import BIN, INSTANCE, live_app_port, live_unit, pyinfra, pyinfra_deploy, run
 
 BROWSER = {"Accept-Encoding": "gzip, deflate, br"}
 
@@ -52,7 +52,7 @@ def test_only_ssedeploy_site_is_enabled(host):
 
 
 def test_app_listens_on_loopback_only(host):
-    port = live_unit(host).split("@")[1].split(".")[0]
+    port = live_app_port(host)
     assert host.socket(f"tcp://127.0.0.1:{port}").is_listening
     app_sockets = [s for s in host.socket.get_listening_sockets() if s.endswith(f":{port}")]
     assert app_sockets == [f"tcp://127.0.0.1:{port}"]
