@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-# Machine packages the sandbox and the tests use (Node only where the machine has none).
-APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl
+# Machine packages the sandbox and the tests use (Node and npm only where the machine has none; npm and xz
+# build the sandbox's Node.js mirror).
+APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl xz-utils
 
 .PHONY: deps demo demo-nextjs nextjs demo-down test unit clean bench bench-quick
 
@@ -14,6 +15,7 @@ deps: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	dpkg -s nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing machine packages:$$missing"; \
@@ -36,9 +38,11 @@ demo: deps
 	echo "Shell on the host: $(BIN)/ssedeploy sandbox ssh --name demo"; \
 	echo "Tear it down:      make demo-down"
 
-# The real Next.js 15 example: built on this machine with its Node and npm, then deployed.
+# The real Next.js 15 example: built on this machine with an official LTS Node from the sandbox's mirror
+# (`ssedeploy sandbox node`; this machine's npm runs on it, with its own registry config), then deployed.
 nextjs: deps
-	cd examples/nextjs-sse && NEXT_TELEMETRY_DISABLED=1 npm ci --no-audit --no-fund --loglevel=error \
+	bin=$$($(BIN)/ssedeploy sandbox node) && cd examples/nextjs-sse && export PATH="$$bin:$$PATH" \
+	  && NEXT_TELEMETRY_DISABLED=1 npm ci --no-audit --no-fund --loglevel=error \
 	  && NEXT_TELEMETRY_DISABLED=1 npx next build
 
 demo-nextjs: nextjs

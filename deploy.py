@@ -6,7 +6,9 @@ the host, field and value, and no host is touched. (`ssedeploy check` does the s
 offline, without connecting.) Then the host's deploy lock is taken: one run at a time
 per host (ssedeploy/deploy_lock.py).
 
-nginx goes first, its upstream at the instance it serves now; the app's release then
+The app's Node is resolved and judged against its declared engines while planning, before any host
+changes (roles/node.py), and installed first: a download that fails its checksum stops the run there.
+nginx goes next, its upstream at the instance it serves now; the app's release then
 starts on the idle instance and switches nginx to it once checked (roles/app.py).
 """
 
@@ -14,6 +16,7 @@ from pyinfra import host, inventory
 
 from roles.app import DRIFT, app
 from roles.nginx import nginx
+from roles.node import node, preflight, runtime
 from ssedeploy.deploy_lock import hold
 from ssedeploy.run_results import record_run
 from ssedeploy.settings import for_host
@@ -22,7 +25,10 @@ for other in inventory:
     for_host(other, offline=DRIFT)
 settings = for_host(host, offline=DRIFT)
 record_run(host.state)
+node_runtime = runtime(settings)
+preflight(settings, node_runtime, drift=DRIFT)
 hold(host, shared=DRIFT)
 
+node(settings, node_runtime)
 nginx(settings)
-app(settings)
+app(settings, node_runtime)

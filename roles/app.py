@@ -19,13 +19,12 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
-from roles import APT_LOCK_WAIT
 from ssedeploy import release
 from ssedeploy.facts import PathStates
 from ssedeploy.operations import app_live, app_release, app_settle, host_limits, private_file
-from ssedeploy.paths import STATE, app_dir, cache_dir, env_path, restart_marker, unit_path
+from ssedeploy.paths import NODE_LINK, STATE, app_dir, cache_dir, env_path, restart_marker, unit_path
 from ssedeploy.render import render
 from ssedeploy.run_results import note
 from ssedeploy.settings import SettingsError
@@ -63,19 +62,26 @@ def pending_plan(*, marker: bool, on_host: Mapping[str, str | None], wanted: Map
     return PendingPlan(pending=pending, mark=pending and not marker)
 
 
-def exec_start(app) -> str:
+def node_bin(settings) -> str:
+    """The bin directory of the Node the instance's release was checked with (its NODE_LINK)."""
+    return f"{app_dir(settings)}/instances/%i/{NODE_LINK}/bin"
+
+
+def exec_start(settings) -> str:
+    app = settings.app
     if app.start == "standalone":
-        return "/usr/bin/node server.js"
+        return f"{node_bin(settings)}/node server.js"
     if app.start == "next-start":
-        return (f"/usr/bin/node node_modules/next/dist/bin/next start -H {app.bind} "
+        return (f"{node_bin(settings)}/node node_modules/next/dist/bin/next start -H {app.bind} "
                 f"-p ${{PORT}} --keepAliveTimeout {KEEP_ALIVE_MS}")
-    return app.command
+    # The unit's PATH (release's Node first) finds the command's `node`, `npm`...: systemd would search its own.
+    return f"/usr/bin/env {app.command}"
 
 
 def unit(settings, nofile: int) -> str:
     return render("systemd/app.service.j2", app=settings.app, app_dir=app_dir(settings),
-                  exec_start=exec_start(settings.app), env_file=env_path(settings), nofile=nofile,
-                  keep_alive_ms=KEEP_ALIVE_MS)
+                  exec_start=exec_start(settings), node_bin=node_bin(settings), env_file=env_path(settings),
+                  nofile=nofile, keep_alive_ms=KEEP_ALIVE_MS)
 
 
 def environment(settings, host_name: str = "?") -> dict[str, str]:
@@ -95,11 +101,9 @@ def environment(settings, host_name: str = "?") -> dict[str, str]:
 
 
 @deploy(ROLE)
-def app(settings):
+def app(settings, node_runtime):
     a = settings.app
     user = a.system_user
-    apt.update(name="apt lists are fresh", cache_time=3600)
-    apt.packages(name="Install Node.js (distro)", packages=["nodejs"], extra_install_args=APT_LOCK_WAIT)
     server.group(name=f"Group {user}", group=user, system=True)
     server.user(name=f"System user {user}", user=user, group=user, system=True, shell="/usr/sbin/nologin",
                 home="/nonexistent", create_home=False)
@@ -135,9 +139,10 @@ def app(settings):
     if DRIFT and not os.path.isdir(a.source):
         note(host, f"skipped in drift mode: the release (no built app at {a.source})")
     else:
-        archive, release_hash = release.build(a.source)
+        archive, content = release.build(a.source)
+        release_hash = release.name(content, node_runtime.version if node_runtime.build else None)
         app_release(name=f"Release {release_hash} on the host", archive=archive, release=release_hash,
-                    app_dir=app_dir(settings), cache_dir=cache_dir(settings))
+                    app_dir=app_dir(settings), cache_dir=cache_dir(settings), node_home=node_runtime.home)
         app_live(name=f"{LIVE} {release_hash}", settings=settings, release=release_hash, pending=ahead.pending)
         files.file(name="Release pending done", path=marker, present=False)
     app_settle(name=SETTLE, settings=settings)

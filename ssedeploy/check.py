@@ -7,6 +7,13 @@ is linted with gixy-next, where only `proxy_buffering_off` inside a declared SSE
 location is accepted, and tested with the local `nginx -t` under a temporary prefix
 (stub certificate and mime types, no dynamic modules) when this machine has an nginx
 at least as new as the version rendered for; otherwise that step is skipped, saying so.
+
+The app's declared engines.node is judged against the Node its settings give, offline: an
+exact version as it is, a line by its lowest release (24 -> 24.0.0; the deploy judges the
+release it resolves); for `distro` the host decides at deploy time. An official build is
+also resolved on its mirror and its x64 tarball checked against SHASUMS256.txt, as a host
+would (arm64 hosts' builds are checked at deploy time); an unreachable mirror skips that,
+saying so.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import nginx
-from .inventory import inventory_hosts
+from . import engines, nginx
+from . import node as nodejs
+from .inventory import NODE_MIRROR_KEY, inventory_hosts
 from .settings import Settings, SettingsError, parse
 
 OFFLINE_CPUS = 2
@@ -96,6 +104,45 @@ def local_nginx_test(conf: Path, version: str) -> tuple[list[str], str | None]:
     return ([f"nginx -t: {result.stderr.strip()}"] if result.returncode else []), None
 
 
+def node_build_report(host: str, settings: Settings, data: dict) -> tuple[list[str], str]:
+    """(problems, what was seen) for the official build app.node names: resolved on its mirror, its x64
+    tarball downloaded and checked against SHASUMS256.txt."""
+    spec = settings.app.node
+    site = settings.app.node_mirror or data.get(NODE_MIRROR_KEY) or nodejs.OFFICIAL_MIRROR
+    try:
+        build = nodejs.build_for(spec, site, "x64")
+        with tempfile.TemporaryDirectory(prefix="ssedeploy-check-node-") as tmp:
+            nodejs.download(build, Path(tmp) / "node.tar.xz")
+    except nodejs.Unreachable as exc:
+        return [], f"Node build not checked ({exc})"
+    except nodejs.NodeError as exc:
+        return [f"host {host}: app.node = {spec!r}: {exc}"], ""
+    return [], f"Node build {build.version} on {site}: SHA-256 matches SHASUMS256.txt"
+
+
+def node_report(host: str, settings: Settings) -> tuple[list[str], str]:
+    """(problems, what was judged) for the app's Node and its declared engines.node, offline."""
+    app, spec = settings.app, settings.app.node
+    try:
+        found = engines.declared(app.source)
+    except ValueError as exc:
+        return [f"host {host}: app {app.name}: {exc}"], ""
+    if found.path is None:
+        declared = f"no package.json in {app.source}: engines.node not checked"
+    elif found.range is None:
+        declared = f"{found.path.name} declares no engines.node: not checked"
+    else:
+        declared = f"engines.node {found.range!r}"
+    version = nodejs.lowest(spec)
+    if version is None:
+        return [], f"Node: the distro's (the host decides at deploy time); {declared}"
+    where = f"app.node = {spec!r}" + (", its lowest release" if nodejs.is_line(spec) else "")
+    refusal = engines.refusal(host, app.name, found, version, where)
+    if refusal:
+        return [refusal], ""
+    return [], f"Node {version} ({where}); {declared}{' ok' if found.range else ''}"
+
+
 def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int:
     hosts = inventory_hosts(inventory_path, limit)
     if not hosts:
@@ -119,6 +166,13 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
             problems += tested
         for p in problems:
             out(f"host {name}: {p}")
+        for report in (node_report(name, settings),
+                       *([node_build_report(name, settings, data)] if settings.app.node != nodejs.DISTRO else [])):
+            for p in report[0]:
+                out(p)
+            problems += report[0]
+            if report[1]:
+                out(f"host {name}: {report[1]}")
         note = f" ({skipped})" if skipped else ("" if tested else ", nginx -t ok")
         out(f"host {name}: {'FAILED' if problems else 'ok'}: nginx {version}, revision {revision}{note}")
         failed += bool(problems)

@@ -53,6 +53,27 @@ def _sandbox_ssh(args) -> int:
     os.execvp("ssh", cmd)
 
 
+def _sandbox_node(args) -> int:
+    """Install an official Node.js on this machine from the sandbox's mirror, checked like a host's; print its bin/."""
+    from pathlib import Path
+
+    from . import node
+    from .sandbox import instance, nodemirror
+
+    spec = args.version or node.DEFAULT
+    try:
+        node.check_spec(spec)
+        if spec == node.DISTRO:
+            raise ValueError("needs a release line or an exact version")
+        instance.require_root()  # the cache and the install are under /var/cache
+        mirror = nodemirror.ensure(log=_err)
+        home = node.install_local(mirror.as_uri(), spec, nodemirror.machine_arch(), Path("/var/cache/ssedeploy/node"))
+    except (ValueError, OSError, node.NodeError, nodemirror.MirrorError) as exc:
+        raise sandbox.SandboxError(f"sandbox node {spec}: {exc} (the mirror has {', '.join(nodemirror.VERSIONS)})")
+    print(home / "bin")
+    return 0
+
+
 def _check(args) -> int:
     from .check import check  # pyinfra's CLI machinery only when needed
 
@@ -201,6 +222,11 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("host", nargs="?")
     sh.add_argument("command", nargs=argparse.REMAINDER)
     sh.set_defaults(func=_sandbox_ssh)
+    nd = sbsub.add_parser("node", help="install an official Node.js on this machine from the sandbox's mirror "
+                                       "(for builds); prints its bin directory")
+    nd.add_argument("--version", help="a release line such as 24 or an exact version such as 24.22.3 "
+                                      "(default: ssedeploy's default line)")
+    nd.set_defaults(func=_sandbox_node)
     for cmd in (up, st, dn, sh):
         cmd.add_argument("--name", default=sandbox.current_name(), help=name_help)
     return p

@@ -11,6 +11,7 @@ from pyinfra.api import FactBase
 
 from . import nginx
 from .instances import HostInstances, Instance, drain_name, unit_name
+from .node import distro_version
 from .paths import SYSTEMD_UNITS
 
 Revisions = dict[str, str | None]
@@ -224,3 +225,15 @@ class AppReleases(FactBase[dict]):
             elif parts[:1] == ["history"] and len(parts) == 4:
                 history.append((parts[1], parts[2], int(parts[3]) if parts[3].isdigit() else None))
         return {"kept": kept, "history": history}
+
+
+class DistroNode(FactBase[str | None]):
+    """The Node version of the distro's nodejs package: the installed one, else apt's candidate; None if apt
+    knows none."""
+
+    def command(self) -> str:
+        return ("v=$(dpkg-query -W -f='${db:Status-Abbrev} ${Version}' nodejs 2>/dev/null | awk '$1 ~ /^ii/ {print $2}'); "
+                "if [ -n \"$v\" ]; then echo \"$v\"; else apt-cache policy nodejs 2>/dev/null | awk '/Candidate:/ {print $2}'; fi")
+
+    def process(self, output):
+        return distro_version("".join(output))

@@ -8,6 +8,10 @@ import sys
 from . import sandbox
 from .settings import host_data
 
+# Host data: the Node.js download site of the host's sandbox instance (`sandbox status --json`'s node_mirror),
+# the default Node mirror for sandbox hosts, so inventories that set their own `app` data still use it.
+NODE_MIRROR_KEY = "sandbox_node_mirror"
+
 
 def inventory_hosts(inventory_path: str, limit: list[str] | None = None) -> list[tuple[str, dict]]:
     """(name, all data: pyinfra's connection data and ssedeploy's settings, merged per field) of each host,
@@ -73,4 +77,5 @@ def sandbox_host(info: dict) -> tuple[str, dict]:
         "ssh_known_hosts_file": info["known_hosts"],
         "ssh_strict_host_key_checking": "yes",  # pyinfra's default is accept-new
         "_sudo": True,
+        **({NODE_MIRROR_KEY: info["node_mirror"]} if info.get("node_mirror") else {}),
     })

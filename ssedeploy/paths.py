@@ -50,3 +50,14 @@ def restart_marker(settings: Settings) -> str:
     """Noted before the app's unit or environment changes, removed once a release with them went live
     (roles/app.py)."""
     return f"{STATE}/{settings.app.name}.restart-pending"
+
+
+def node_root(settings: Settings) -> str:
+    """Official Node.js builds the app's releases run, side by side: NODE_ROOT/vX.Y.Z-linux-ARCH."""
+    return f"{app_dir(settings)}/node"
+
+
+# In each release, a link to the Node it was checked with (a build under node_root, or /usr for the distro's):
+# the unit runs <release>/NODE_LINK/bin/node, so a rollback brings its Node back too.
+NODE_LINK = ".ssedeploy-node"
+DISTRO_NODE_HOME = "/usr"

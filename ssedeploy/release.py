@@ -72,6 +72,12 @@ def build(source: str) -> tuple[str, str]:
     return archive, release
 
 
+def name(content: str, node_version: str | None) -> str:
+    """A release's name: its content hash, and the official Node build it runs (None: the distro's), so a
+    new Node is a new release, checked before it serves, and a rollback brings its Node back."""
+    return content if node_version is None else f"{content}-node{node_version}"
+
+
 def env_file(values: dict[str, str]) -> str:
     """systemd EnvironmentFile text: one KEY="value" per line, quotes and backslashes escaped."""
     lines = []

@@ -21,8 +21,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from pyinfra.api.exceptions import PyinfraError
+
+from . import node as nodejs
 
 DATA_KEYS = ("site", "nginx", "app")
 # The oldest nginx the templates support (Debian 12); what `check` renders for by default.
@@ -170,6 +172,11 @@ class Nginx(_Model):
     extra_http_directives: list[RawDirectives] = []
 
 
+def _int_to_str(value):
+    """`"node": 24` in a Python inventory means the line "24"."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _env_name(value: str) -> str:
     if not _ENV_RE.fullmatch(value):
         raise ValueError("must be an environment variable name: A-Z, 0-9 and _, not starting with a digit")
@@ -228,7 +235,10 @@ class App(_Model):
     # Names only: values come from the controller's environment or `secrets_file`, never the inventory.
     secret_env: list[EnvName] = []
     secrets_file: str | None = None
-    node: Literal["distro"] = "distro"
+    # `distro` (the distro's nodejs package), a release line (`24`: its newest official build at deploy time)
+    # or an exact version (`24.22.3`); official builds come from `node_mirror` (default: the Node.js site).
+    node: Annotated[str, BeforeValidator(_int_to_str), AfterValidator(nodejs.check_spec)] = nodejs.DEFAULT
+    node_mirror: Annotated[str, AfterValidator(nodejs.check_mirror)] | None = None
     source: Annotated[str, AfterValidator(_app_source)] = str(REPO / "examples" / "sse-app")
     keep_releases: int = Field(default=5, ge=2, le=50)
     health_path: UrlPath = "/healthz"

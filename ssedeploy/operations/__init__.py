@@ -5,6 +5,7 @@ module per thing they manage:
 - app: an app release uploaded (`app_release`), made live on the idle instance (`app_live`), instances
   converged (`app_settle`)
 - files: a file whose content is never shown (`private_file`)
+- node: an official Node.js build, checksum-checked (`node_build`)
 - util: what they share (`report_differences`, `detached`, `host_limits`, `SCRIPTS`)
 
 Everything is re-exported here.
@@ -13,7 +14,8 @@ Everything is re-exported here.
 from .app import app_live, app_release, app_settle
 from .files import private_file
 from .nginx_tree import nginx_config
+from .node import node_build
 from .util import SCRIPTS, detached, host_limits, report_differences
 
-__all__ = ["SCRIPTS", "app_live", "app_release", "app_settle", "detached", "host_limits", "nginx_config", "private_file",
+__all__ = ["SCRIPTS", "app_live", "app_release", "app_settle", "detached", "host_limits", "nginx_config", "node_build", "private_file",
            "report_differences"]

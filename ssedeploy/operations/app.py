@@ -10,9 +10,9 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
 from .. import nginx
-from ..facts import AppInstances, NginxVersion, PathStates, revision_request
+from ..facts import AppInstances, AppReleases, NginxVersion, PathStates, revision_request
 from ..instances import HostInstances, drain_name, live_port, release_plan, settle_plan, unit_name
-from ..paths import NGINX_STATE, STATE, app_dir, legacy_unit_path
+from ..paths import NGINX_STATE, NODE_LINK, STATE, app_dir, legacy_unit_path, node_root
 from ..settings import Settings
 from .nginx_tree import staged
 from .util import SCRIPTS, detached, report_differences
@@ -22,28 +22,36 @@ CHECK_SECONDS = 30
 
 
 @operation()
-def app_release(archive: str, release: str, app_dir: str, cache_dir: str):
+def app_release(archive: str, release: str, app_dir: str, cache_dir: str, node_home: str):
     """
-    Upload a release archive once and unpack it to APP_DIR/releases/RELEASE (not yet live).
+    Upload a release archive once and unpack it to APP_DIR/releases/RELEASE (not yet live), linked to the
+    Node it runs (NODE_LINK). A release of the same build for another Node is copied on the host instead.
 
     + archive: the .tar.gz built on the controller (ssedeploy.release.build)
-    + release: its content hash, the release's directory name
+    + release: its name (ssedeploy.release.name), the release's directory name
     + app_dir: the app's directory on the host
     + cache_dir: the app's writable cache (systemd CacheDirectory); a Next.js release's .next/cache links there
+    + node_home: the Node this release runs (an official build's directory, or /usr for the distro's)
     """
     target = f"{app_dir}/releases/{release}"
     if host.get_fact(PathStates, paths=[target]).get(target) == ("D", ""):
         host.noop(f"release {release} is on the host")
         return
-    upload = f"{STATE}/upload-{release}.tar.gz"
-    yield f"mkdir -p {STATE} {app_dir}/releases"
-    yield FileUploadCommand(archive, upload)
-    yield (
-        f"rm -rf {target}.tmp && mkdir -p {target}.tmp && tar -xzf {upload} -C {target}.tmp --no-same-owner "
-        f"&& if [ -d {target}.tmp/.next ]; then rm -rf {target}.tmp/.next/cache "
-        f"&& ln -s {cache_dir} {target}.tmp/.next/cache; fi "
-        f"&& mv -T {target}.tmp {target} && rm -f {upload}"
-    )
+    content = release.split("-", 1)[0]
+    twin = next((r for r in sorted(host.get_fact(AppReleases, app_dir=app_dir)["kept"])
+                 if r.split("-", 1)[0] == content), None)
+    yield f"mkdir -p {STATE} {app_dir}/releases && rm -rf {target}.tmp"
+    if twin:
+        yield f"cp -a {app_dir}/releases/{twin} {target}.tmp && rm -f {target}.tmp/{NODE_LINK}"
+    else:
+        upload = f"{STATE}/upload-{release}.tar.gz"
+        yield FileUploadCommand(archive, upload)
+        yield (
+            f"mkdir -p {target}.tmp && tar -xzf {upload} -C {target}.tmp --no-same-owner && rm -f {upload} "
+            f"&& if [ -d {target}.tmp/.next ]; then rm -rf {target}.tmp/.next/cache "
+            f"&& ln -s {cache_dir} {target}.tmp/.next/cache; fi"
+        )
+    yield f"ln -s {node_home} {target}.tmp/{NODE_LINK} && mv -T {target}.tmp {target}"
 
 
 def instances_on_host(settings: Settings) -> HostInstances:
@@ -84,7 +92,7 @@ def app_live(settings: Settings, release: str, pending: bool = False):
     yield detached(f"ssedeploy-{app.name}-release", shlex.join([
         "/bin/sh", f"{STATE}/app-release.sh", app_dir(settings), release, str(plan.idle),
         unit_name(app.name, plan.idle), drain_name(app.name, plan.idle), old_unit, drain_name(app.name, old),
-        str(app.drain_seconds), str(app.keep_releases), switch, fetch,
+        str(app.drain_seconds), str(app.keep_releases), node_root(settings), switch, fetch,
         app.bind, app.health_path, str(CHECK_SECONDS), f"{STATE}/app-check.js", *settings.site.sse_paths,
     ]))
 

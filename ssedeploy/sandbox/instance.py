@@ -25,13 +25,14 @@ from pathlib import Path
 
 import paramiko
 
-from . import hosts, network, rootfs
+from . import hosts, network, nodemirror, rootfs
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,10}$")  # bridge `ssd-<name>` must fit IFNAMSIZ
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MACHINE_TOOLS = {
     "debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nft": "nftables",
     "ip": "iproute2", "ssh-keygen": "openssh-client", "ssh": "openssh-client",
+    "npm": "npm", "xz": "xz-utils",  # the Node.js mirror (nodemirror.py)
 }
 
 
@@ -62,6 +63,7 @@ class Record:
     subnet: str
     state_dir: str
     hosts: list[Host] = field(default_factory=list)
+    mirror: dict | None = None  # the Node.js mirror's server (nodemirror.start); records before it lack it
 
     def dump(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -132,11 +134,14 @@ def ensure_key(state: Path) -> Path:
 
 def host_status(rec: Record, host: Host) -> dict:
     state = Path(rec.state_dir)
-    return {
+    info = {
         "name": host.name, "address": host.address, "port": 22, "distro": rec.distro,
         "ssh_user": rootfs.LOGIN_USER, "ssh_key": str(state / "id_ed25519"),
         "known_hosts": str(state / "known_hosts"), "pid": host.pid, "instance": rec.instance,
     }
+    if rec.mirror:
+        info["node_mirror"] = nodemirror.url(rec.mirror["address"])
+    return info
 
 
 def status(instance: str) -> list[dict]:
@@ -179,6 +184,10 @@ def up(instance: str, count: int = 1, distro_key: str = "debian12", log=print) -
         lower = rootfs.ensure(distro, log)
     except rootfs.ArchiveUnreachable as exc:
         raise Unreachable(str(exc)) from exc
+    try:
+        nodemirror.ensure(log)
+    except nodemirror.MirrorError as exc:
+        raise SandboxError(str(exc)) from exc
 
     bridge = network.bridge_name(instance)
     if rec:
@@ -218,7 +227,15 @@ def up(instance: str, count: int = 1, distro_key: str = "debian12", log=print) -
         save_record(rec)  # recorded at once, so `down` can clean up after a failed boot
     (state / "known_hosts").write_text("\n".join(known) + "\n")
     rec.hosts.sort(key=lambda h: int(h.name.rsplit("-", 1)[1]))
-    save_record(rec)
+    started_mirror = not nodemirror.alive(rec.mirror)  # a second `up` keeps the one that runs
+    if started_mirror:
+        rec.mirror = nodemirror.start(str(subnet[1]), state / nodemirror.LOG_NAME)
+    save_record(rec)  # recorded before the wait, so `down` stops it even if it never answers
+    if started_mirror:
+        try:
+            nodemirror.wait_answering(rec.mirror, state / nodemirror.LOG_NAME)
+        except nodemirror.MirrorError as exc:
+            raise SandboxError(str(exc)) from exc
 
     with ThreadPoolExecutor(max_workers=max(1, len(new_hosts))) as pool:
         list(pool.map(lambda h: wait_ready(rec, h), new_hosts))
@@ -280,6 +297,9 @@ def clean(instance: str, log=print) -> None:
             if host.alive:
                 log(f"stopping {host.name} (pid {host.pid})")
             hosts.stop(host.pid, host.start_time)
+        if rec and nodemirror.alive(rec.mirror):
+            log(f"stopping the Node.js mirror (pid {rec.mirror['pid']})")
+            nodemirror.stop(rec.mirror)
     hosts.remove_cgroups(instance)
     hosts.unmount_all(instance)
     hosts.remove_dirs(instance)

@@ -7,9 +7,11 @@ set -eu  # stop on the first failed command or unset variable
 # Run by systemd-run as a transient unit, so a dropped SSH connection cannot cut it in half.
 #
 # Usage: app-release.sh --record APP_DIR RELEASE PORT   (see record below), or
-#        app-release.sh APP_DIR RELEASE IDLE IDLE_UNIT IDLE_TIMER OLD_UNIT OLD_TIMER DRAIN KEEP NGINX FETCH CHECK...
+#        app-release.sh APP_DIR RELEASE IDLE IDLE_UNIT IDLE_TIMER OLD_UNIT OLD_TIMER DRAIN KEEP NODE_ROOT NGINX FETCH
+#                       CHECK...
 #   IDLE: the idle instance's port; *_UNIT: the instances' units (OLD_UNIT `-`: none serves); *_TIMER: the
 #   name of the transient timer that drains each (ssedeploy/instances.py names them all);
+#   NODE_ROOT: where the official Node builds live (each release links the one it runs as .ssedeploy-node);
 #   NGINX: `-` (no nginx yet: nothing to switch) or STAGE:BACKUPS:LIVE:STATE for nginx-swap.sh, and
 #   FETCH: shell that prints the loopback revision response, for revision-wait.sh (both in STATE);
 #   CHECK: HOST HEALTH_PATH TIMEOUT_S CHECK_JS SSE_PATH... for app-check.js (the port is IDLE).
@@ -50,7 +52,7 @@ record() {
 # (systemd restarts it: an app that dies at start fails now, not after the check's whole timeout).
 check_idle() {
     restarts=$(systemctl show -p NRestarts --value "$unit" 2>/dev/null || true)
-    node "$check_js" "$host" "$idle" "$health" "$timeout" "$@" &
+    "releases/$release/.ssedeploy-node/bin/node" "$check_js" "$host" "$idle" "$health" "$timeout" "$@" &
     checker=$!
     while kill -0 "$checker" 2>/dev/null; do
         now=$(systemctl show -p NRestarts --value "$unit" 2>/dev/null || true)
@@ -75,8 +77,8 @@ fi
 
 app_dir=$1 release=$2 idle=$3 unit=$4 idle_timer=$5 old_unit=$6 old_timer=$7 drain=$8 keep=$9
 shift 9
-nginx=$1 fetch=$2
-shift 2
+node_root=$1 nginx=$2 fetch=$3
+shift 3
 host=$1 health=$2 timeout=$3 check_js=$4
 shift 4  # the rest: the SSE paths
 [ "$old_unit" != - ] || old_unit=
@@ -85,7 +87,9 @@ cd "$app_dir" || exit 2
 [ -d "releases/$release" ] || { echo "ssedeploy: $app_dir/releases/$release is not on the host" >&2; exit 1; }
 mkdir -p instances
 rm -f instances/*.new current.new previous.new
-rm -rf .releases-by-age releases/.pruning-*
+rm -rf .releases-by-age releases/.pruning-* "$node_root"/.pruning-*
+# A release made before releases linked their Node ran the distro's.
+[ -L "releases/$release/.ssedeploy-node" ] || ln -s /usr "releases/$release/.ssedeploy-node"
 
 # 1. The idle port: end a drain still running there, or what a run that died started (SIGTERM: its
 #    streams get a short retry: and come back to the live instance).
@@ -169,3 +173,18 @@ while IFS= read -r r || [ -n "$r" ]; do
     rm -rf "releases/.pruning-$r"
 done < .releases-by-age
 rm -f .releases-by-age
+
+# 7. Keep only the Node builds a kept release runs (renamed first, like a release).
+if [ -d "$node_root" ]; then
+    used=" "
+    for l in releases/*/.ssedeploy-node; do [ -L "$l" ] && used="$used$(readlink "$l") "; done
+    rm -rf "$node_root"/.install-*  # a cut download (the deploy lock keeps runs apart)
+    for n in "$node_root"/v*; do
+        [ -d "$n" ] || continue
+        case $used in *" $n "*) continue ;; esac
+        gone="$node_root/.pruning-${n##*/}"
+        mv -T "$n" "$gone"
+        fault 15
+        rm -rf "$gone"
+    done
+fi

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ssedeploy.paths import app_dir, env_path
+from ssedeploy.paths import app_dir, env_path, node_root
 from ssedeploy.settings import parse as _parse
 from ssedeploy.sse import read_stream
 
@@ -50,6 +50,13 @@ def test_next_build_streams_through_nginx_like_a_browser(nxt):
     assert "next-server" in nxt["host"].check_output("ps -o comm= -p %s", main_pid(nxt["host"]))
 
 
+def test_the_next_build_runs_on_an_official_node_build_from_the_sandbox_mirror(nxt):
+    host = nxt["host"]
+    exe = host.check_output(f"readlink /proc/{main_pid(host)}/exe")
+    assert exe.startswith(f"{node_root(_parse({}))}/v") and exe.endswith("-linux-x64/bin/node"), exe
+    assert host.check_output(f"{exe} --version").startswith(f"v{_parse({}).app.node}.")
+
+
 def test_app_headers_at_the_upstream_port(nxt):
     port = live_app_port(nxt["host"])
     out = nxt["host"].check_output(f"curl -s -m 2 -D - -o /dev/null http://127.0.0.1:{port}/api/stream || true")
@@ -86,9 +93,9 @@ def test_missing_secret_fails_before_any_operation(nxt):
 
 def test_unit_verifies_clean_and_is_hardened(nxt):
     host = nxt["host"]
-    verify = host.run("systemd-analyze verify /etc/systemd/system/sseapp@.service")
-    assert verify.rc == 0 and verify.stdout + verify.stderr == ""
     unit = live_unit(host)
+    verify = host.run(f"systemd-analyze verify {unit}")  # an instance: its ExecStart is its release's Node
+    assert verify.rc == 0 and verify.stdout + verify.stderr == ""
     security = host.check_output(f"systemd-analyze security {unit} --no-pager")
     exposure = float(re.search(rf"Overall exposure level for {unit}: ([\d.]+)", security).group(1))
     assert exposure <= 2.0, security
@@ -162,7 +169,8 @@ def test_rollback_command_goes_through_the_idle_instance(nxt):
     host = nxt["host"]
     simple = deploy(nxt, source=str(REPO / "examples" / "sse-app"))
     assert simple.returncode == 0
-    assert "node" == host.check_output("ps -o comm= -p %s", main_pid(host))
+    # The zero-dependency app keeps node's command line (Next.js's server retitles itself next-server).
+    assert host.check_output("ps -o args= -p %s", main_pid(host)).endswith("/bin/node server.js")
     unit = live_unit(host)
     live, previous = host.check_output(f"readlink {APP}/current"), host.check_output(f"readlink {APP}/previous")
     inventory = nxt["tmp"] / "rollback_inv.py"

@@ -7,12 +7,14 @@ import json
 import os
 import resource
 import signal
+import subprocess
+import urllib.request
 from pathlib import Path
 
 import paramiko
 import pytest
 
-from ssedeploy.sandbox import hosts as sandbox_hosts, network
+from ssedeploy.sandbox import hosts as sandbox_hosts, instance, network, nodemirror
 
 from .helpers import pyinfra_deploy, ssedeploy, host_of
 from .polling import wait_until
@@ -30,6 +32,30 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def mirror_process() -> dict:
+    """The instance's Node.js mirror server as its record has it (pid, start_time, address)."""
+    rec = instance.load_record(NAME)
+    assert rec and rec.mirror, f"sandbox {NAME!r} records no Node.js mirror"
+    return rec.mirror
+
+
+def serves_index(address: str) -> bool:
+    """Does address:PORT answer with a JSON list at /index.json? (A TCP connect is no test: this machine's
+    uplink accepts connections to any address it routes, answering HTTP with 404.)"""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{address}:{nodemirror.PORT}/index.json", timeout=5) as response:
+            return isinstance(json.loads(response.read()), list)
+    except (OSError, ValueError):
+        return False
+
+
+def listening(address: str) -> bool:
+    out = subprocess.run(["ss", "-Hltn", "src", address, "sport", "=", f":{nodemirror.PORT}"],
+                         capture_output=True, text=True, check=True).stdout
+    return bool(out.strip())
 
 
 def kernel_state() -> dict:
@@ -87,6 +113,20 @@ def test_hosts_get_a_servers_open_files_limit_or_up_says_why_not(life):
         assert int(limits[4]) == want, f"{h['name']}: PID 1 may open {limits[4]} files, expected {want}"
 
 
+def test_hosts_reach_the_instances_node_mirror_and_its_checksums_hold(life):
+    h = status()[1]
+    mirror = h["node_mirror"]
+    assert mirror == f"http://{ipaddress.ip_network(h['address'] + '/24', strict=False)[1]}:{nodemirror.PORT}"
+    host = host_of(h)
+    index = json.loads(host.check_output(f"curl -fsS {mirror}/index.json"))
+    assert {e["version"] for e in index} == {f"v{v}" for v in nodemirror.VERSIONS}
+    version = index[0]["version"]
+    tarball = f"node-{version}-linux-{nodemirror.machine_arch()}.tar.xz"
+    sums = host.check_output(f"curl -fsS {mirror}/{version}/SHASUMS256.txt")
+    got = host.check_output(f"curl -fsS {mirror}/{version}/{tarball} | sha256sum").split()[0]
+    assert sums == f"{got}  {tarball}"
+
+
 def test_sandbox_ssh_runs_a_command_on_the_named_host(life):
     result = ssedeploy("sandbox", "ssh", "--name", NAME, f"{NAME}-2", "--", "hostname")
     assert result.stdout.strip() == f"{NAME}-2"
@@ -104,8 +144,10 @@ def test_root_login_by_ssh_is_refused(life):
 
 def test_up_again_is_idempotent(life):
     before = {h["name"]: h["pid"] for h in status()}
+    mirror = mirror_process()
     ssedeploy("sandbox", "up", "--name", NAME, "-n", "2")
     assert {h["name"]: h["pid"] for h in status()} == before
+    assert mirror_process() == mirror and nodemirror.alive(mirror), "the running mirror is kept"
 
 
 def test_up_recovers_after_the_hosts_were_killed(life):
@@ -123,8 +165,12 @@ def test_up_recovers_after_the_hosts_were_killed(life):
 
 def test_down_removes_everything_and_is_idempotent(life):
     pids = [h["pid"] for h in status()]
+    mirror = mirror_process()
+    assert serves_index(mirror["address"]) and listening(mirror["address"])
     ssedeploy("sandbox", "down", "--name", NAME)
     assert not [pid for pid in pids if running(pid)], "a host process outlived `down`"
+    assert not running(mirror["pid"]) and not nodemirror.alive(mirror), "the Node.js mirror outlived `down`"
+    assert not listening(mirror["address"]) and not serves_index(mirror["address"])
     assert kernel_state() == {"bridge": False, "table": False, "mounts": [], "cgroups": [], "dirs": False}
     assert status() == []
     ssedeploy("sandbox", "down", "--name", NAME)  # again: still fine

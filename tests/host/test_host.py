@@ -11,7 +11,8 @@ from ssedeploy.facts import open_files_limit
 from ssedeploy.nginx import (LIVE, RESTART_SECONDS, SITE_LINK, SSE_UPSTREAM_HEADERS, default_listens,
                              foreign_default_servers, parse_dump)
 from ssedeploy.instances import unit_name
-from ssedeploy.paths import STATE, env_path, unit_path
+from ssedeploy.node import DISTRO, is_line
+from ssedeploy.paths import DISTRO_NODE_HOME, NODE_LINK, STATE, app_dir, env_path, node_root
 from ssedeploy.probe import probe
 
 from .conftest import sse_locations
@@ -27,9 +28,28 @@ def directive(tree, name):
 
 def test_packages_and_services(target):
     h = target.host
-    for package in ("nginx", "nodejs"):
+    for package in ("nginx", *(["nodejs"] if target.settings.app.node == DISTRO else [])):
         assert h.package(package).is_installed, f"{target.name}: package {package} is not installed"
     assert h.service("nginx").is_running and h.service("nginx").is_enabled, f"{target.name}: nginx is not running"
+
+
+def test_the_live_instance_runs_the_node_its_release_was_checked_with_as_app_node_says(target):
+    app, port = target.settings.app, target.live_port()
+    unit = unit_name(app.name, port)
+    release_node = target.host.file(f"{app_dir(target.settings)}/instances/{port}/{NODE_LINK}")
+    assert release_node.is_symlink, f"{target.name}: the live release has no {NODE_LINK} (the Node it runs)"
+    home = release_node.linked_to
+    pid = target.host.check_output(f"systemctl show -p MainPID --value {unit}")
+    running = target.host.check_output(f"readlink /proc/{pid}/exe")
+    assert running == f"{home}/bin/node", f"{target.name}: {unit} runs {running}, its release links {home}"
+    version = target.host.check_output(f"{home}/bin/node --version").removeprefix("v")
+    if app.node == DISTRO:
+        assert home == DISTRO_NODE_HOME, f"{target.name}: app.node is 'distro' but {unit} runs {home}"
+    else:
+        assert home.startswith(f"{node_root(target.settings)}/v"), f"{target.name}: {unit} runs Node {home}"
+        want = app.node if not is_line(app.node) else f"{app.node}.x"
+        assert version == app.node or (is_line(app.node) and version.split(".")[0] == app.node), \
+            f"{target.name}: {unit} runs Node.js {version}, app.node asks for {want}"
 
 
 def test_exactly_one_instance_receives_new_connections_and_passes_its_check(target):
@@ -42,7 +62,7 @@ def test_exactly_one_instance_receives_new_connections_and_passes_its_check(targ
     unit = unit_name(app.name, port)
     assert target.host.service(unit).is_running, f"{target.name}: {unit}, the one nginx sends to, is not running"
     assert target.host.service(unit).is_enabled, f"{target.name}: {unit} would not start at boot"
-    check = target.host.run(f"node {STATE}/app-check.js {app.bind} {port} {app.health_path} 10 "
+    check = target.host.run(f"{app_dir(target.settings)}/instances/{port}/{NODE_LINK}/bin/node {STATE}/app-check.js {app.bind} {port} {app.health_path} 10 "
                             + " ".join(target.settings.site.sse_paths))
     assert check.rc == 0, f"{target.name}: {unit}: {check.stderr.strip()}"
     # The other instance (and ssedeploy's single unit of old, whose file the next deploy removes): stopped and
@@ -137,7 +157,9 @@ def test_workers_have_the_file_limit(target):
 
 def test_app_unit_is_verified_and_hardened(target):
     name = unit_name(target.settings.app.name, target.live_port())
-    verify = target.host.run(f"systemd-analyze verify {unit_path(target.settings)}")
+    # The live instance, not the bare template: its ExecStart is the Node its release links, which only an
+    # instance with a release has.
+    verify = target.host.run(f"systemd-analyze verify {name}")
     assert verify.rc == 0 and not (verify.stdout + verify.stderr).strip(), \
         f"{target.name}: systemd-analyze verify {name}: {verify.stdout}{verify.stderr}"
     security = target.host.check_output(f"systemd-analyze security {name} --no-pager")

@@ -1,5 +1,6 @@
 """`ssedeploy check` offline: settings, rendering, gixy-next, local nginx -t."""
 
+import hashlib
 import shutil
 
 import pytest
@@ -72,3 +73,61 @@ def test_lint_reads_an_nginx_T_dump_and_flags_buffering_off_outside_sse_location
     assert [p for p in lint(path, settings, dump=True) if "proxy_buffering_off" in p]
     path.write_text(dump.split("# configuration file /etc/nginx/sites-enabled")[0])  # the site is missing
     assert lint(path, settings, dump=True) == ["gixy saw 0 of 1 SSE locations: it did not read the whole config"]
+
+
+def app_with_engines(tmp_path, wanted: str) -> str:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text('{"name": "shop", "engines": {"node": "%s"}}' % wanted)
+    (app / "server.js").write_text("")
+    return str(app)
+
+
+@pytest.mark.parametrize("node, ok, says", [
+    ("24", True, "Node 24.0.0 (app.node = '24', its lowest release); engines.node '>=20.9.0' ok"),
+    ("24.22.3", True, "Node 24.22.3 (app.node = '24.22.3'); engines.node '>=20.9.0' ok"),
+    ("18", False, "declares engines.node '>=20.9.0'"),
+    ("20.1.0", False, "but it would run on Node.js 20.1.0 (app.node = '20.1.0')"),
+    ("distro", True, "Node: the distro's (the host decides at deploy time); engines.node '>=20.9.0'"),
+])
+def test_check_judges_the_declared_engines_offline(tmp_path, capsys, node, ok, says):
+    src = f'h = [("web-1", {{"app": {{"node": "{node}", "source": "{app_with_engines(tmp_path, ">=20.9.0")}"}}}})]\n'
+    status, out = run_check(tmp_path, capsys, src)
+    assert status == (0 if ok else 1) and says in out
+    if not ok:
+        assert "host web-1: app sseapp declares" in out and "set app.node" in out and "FAILED" in out
+
+
+def test_check_says_when_an_app_declares_no_engines(capsys):
+    assert main(["check", "inventories/prod.py"]) == 0
+    assert "no package.json in" in capsys.readouterr().out  # the zero-dependency example has none
+
+
+def fake_mirror(root, tamper: bool = False) -> str:
+    """A download site laid out like the Node.js project's, with one build of 24.22.3."""
+    (root / "v24.22.3").mkdir(parents=True)
+    tarball = root / "v24.22.3" / "node-v24.22.3-linux-x64.tar.xz"
+    tarball.write_bytes(b"not really a node build")
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    (root / "v24.22.3" / "SHASUMS256.txt").write_text(f"{digest}  {tarball.name}\n")
+    (root / "index.json").write_text('[{"version": "v24.22.3", "files": ["linux-x64"]}]')
+    if tamper:
+        tarball.write_bytes(b"not really a node build, and changed")
+    return root.as_uri()
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_check_resolves_the_build_on_its_mirror_and_checks_its_sha256(tmp_path, capsys, tamper):
+    mirror = fake_mirror(tmp_path / "mirror", tamper)
+    status, out = run_check(tmp_path, capsys, f'h = [("web-1", {{"app": {{"node_mirror": "{mirror}"}}}})]\n')
+    if tamper:
+        assert status == 1 and "host web-1: app.node = '24': " in out and "SHASUMS256.txt says" in out, out
+        assert "refused" in out and "FAILED" in out
+    else:
+        assert status == 0 and f"Node build 24.22.3 on {mirror}: SHA-256 matches SHASUMS256.txt" in out, out
+
+
+def test_check_says_when_the_mirror_cannot_be_reached_and_goes_on(tmp_path, capsys):
+    mirror = (tmp_path / "nowhere").as_uri()
+    status, out = run_check(tmp_path, capsys, f'h = [("web-1", {{"app": {{"node_mirror": "{mirror}"}}}})]\n')
+    assert status == 0 and "Node build not checked (cannot fetch" in out

@@ -194,7 +194,9 @@ def test_app_unit_binds_loopback_stops_fast_and_keeps_secrets_out():
     assert "4000" not in text
     assert f"Environment=KEEP_ALIVE_TIMEOUT={KEEP_ALIVE_MS}" in lines and KEEP_ALIVE_MS > 60_000  # nginx's 60 s
     assert "User=web" in lines
-    assert "ExecStart=/usr/bin/node server.js" in lines
+    # The Node the instance's release links (the one it was checked with), first on PATH too.
+    assert "ExecStart=/srv/web/instances/%i/.ssedeploy-node/bin/node server.js" in lines
+    assert "Environment=PATH=/srv/web/instances/%i/.ssedeploy-node/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in lines
     assert "TimeoutStopSec=15" in lines and "KillMode=mixed" in lines
     assert "Restart=always" in lines and "LimitNOFILE=4096" in lines
     assert "EnvironmentFile=/etc/web/env" in lines and "TOKEN" not in text and "A=1" not in text
@@ -203,10 +205,11 @@ def test_app_unit_binds_loopback_stops_fast_and_keeps_secrets_out():
 
 
 @pytest.mark.parametrize("start,command,want", [
-    ("standalone", None, "/usr/bin/node server.js"),
-    ("next-start", None, "/usr/bin/node node_modules/next/dist/bin/next start -H 127.0.0.1 -p ${PORT} "
-                         f"--keepAliveTimeout {KEEP_ALIVE_MS}"),
-    ("command", "/usr/bin/node dist/main.js", "/usr/bin/node dist/main.js"),
+    ("standalone", None, "/srv/sseapp/instances/%i/.ssedeploy-node/bin/node server.js"),
+    ("next-start", None, "/srv/sseapp/instances/%i/.ssedeploy-node/bin/node node_modules/next/dist/bin/next start "
+                         f"-H 127.0.0.1 -p ${{PORT}} --keepAliveTimeout {KEEP_ALIVE_MS}"),
+    # A command finds `node` (npm, ...) on the unit's PATH, the release's Node first, through env.
+    ("command", "node dist/main.js", "/usr/bin/env node dist/main.js"),
 ])
 def test_app_start_modes(start, command, want):
     """(systemd puts the instance's PORT into ${PORT} from its Environment=.)"""

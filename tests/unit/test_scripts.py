@@ -7,12 +7,14 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import http.server
+import io
 import os
 import re
 import shlex
 import shutil
 import stat
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 from unittest import mock
@@ -27,9 +29,11 @@ from ssedeploy.instances import HostInstances, Instance, drain_name, live_port, 
 from ssedeploy.nginx import LIVE as NGINX_LIVE
 from ssedeploy.nginx import UPSTREAM_PATH
 from ssedeploy.operations import SCRIPTS
+from ssedeploy.node import Build
 from ssedeploy.operations import app as app_ops
+from ssedeploy.operations import node as node_ops
 from ssedeploy.operations.app import CHECK_SECONDS
-from ssedeploy.paths import NGINX_STATE, STATE, app_dir
+from ssedeploy.paths import NGINX_STATE, NODE_LINK, STATE, app_dir, node_root
 from ssedeploy.settings import parse
 
 from ..polling import wait_until
@@ -327,6 +331,8 @@ APP = "sseapp"
 SETTINGS = parse({"app": {"name": APP, "drain_seconds": 7, "keep_releases": 2}}, offline=True)
 PORTS = SETTINGS.app.instance_ports
 LIVE_PORT, IDLE_PORT = PORTS  # before a test's release: 3000 serves A, 3001 is idle (it last ran Z)
+NODE_HOME = "v24.22.3-linux-x64"  # the Node build the test releases run (under node_root)
+OLD_NODE_HOME = "v24.22.1-linux-x64"  # the oldest release's (Z): it goes when Z is pruned
 # The history a test host starts with (release, port), oldest first.
 HISTORY = [("Z", IDLE_PORT), ("A", LIVE_PORT)]
 
@@ -499,6 +505,7 @@ class World:
     def __init__(self, root: Path, env, first: bool = False):
         self.root, self.dir, self.sd = root, root / "app", root / "systemd"
         self.ssedeploy_state = root / "ssedeploy"  # STATE (app-check.js)
+        self.node_root = Path(self.here(node_root(SETTINGS)))
         self.check_js = self.ssedeploy_state / "app-check.js"
         self.check_js.parent.mkdir()
         self.check_js.write_text("// stub: node is a stub too\n")
@@ -507,7 +514,7 @@ class World:
         self.bad_stage = False  # app_live's stage fails nginx -t
         self.nginx = None if first else Nginx(root)
         for name in ["B"] if first else self.AGES:
-            self.unpack(name, self.AGES[name])
+            self.unpack(name, self.AGES[name], OLD_NODE_HOME if name == "Z" else NODE_HOME)
         self.env = {**env, "STUB_APP": APP, "STUB_APP_DIR": str(self.dir), "STUB_SYSTEMD": str(self.sd),
                     "STUB_NGINX_LIVE": str(root / "etc-nginx"), "STUB_NGINX_STATE": str(root / "state")}
         if first:
@@ -530,13 +537,21 @@ class World:
             self.systemctl("start", unit)
         self.tree = snapshot(self.nginx.live)
 
-    def unpack(self, name: str, age: int):
-        """A whole release (it holds its name) unpacked at time AGE."""
+    def unpack(self, name: str, age: int, node: str | None = NODE_HOME):
+        """A whole release (it holds its name) unpacked at time AGE, linked to the Node build NODE (None: no
+        link, as releases made before releases linked their Node)."""
         release = self.dir / "releases" / name
         release.mkdir(parents=True)
         (release / "id").write_text(name)
         if name == "BAD":
             (release / "bad").write_text("fails its check\n")
+        if node:
+            home = self.node_root / node
+            if not home.exists():  # the stub node (app-check.js) as that build's bin/node
+                (home / "bin").mkdir(parents=True)
+                (home / "bin" / "node").write_text(APP_STUBS["node"].replace('echo "node $*"', 'echo "node:$0 $*"'))
+                (home / "bin" / "node").chmod(0o755)
+            (release / NODE_LINK).symlink_to(home)
         os.utime(release, (age, age))
 
     # -- the host as the controller reaches it
@@ -680,10 +695,11 @@ class World:
 
     def leftovers(self) -> list[str]:
         """What a run cut short left in the app directory (a release's first step removes it)."""
-        known = {"releases", "instances", "current", "previous", "history"}
+        known = {"releases", "instances", "current", "previous", "history", "node"}
         return sorted([p for p in os.listdir(self.dir) if p not in known]
                       + [f"instances/{p}" for p in os.listdir(self.dir / "instances") if not p.isdigit()]
-                      + [f"releases/{p}" for p in os.listdir(self.dir / "releases") if p.startswith(".")])
+                      + [f"releases/{p}" for p in os.listdir(self.dir / "releases") if p.startswith(".")]
+                      + [f"node/{p}" for p in os.listdir(self.node_root) if p.startswith(".")])
 
     def essentials(self) -> dict:
         """What serves, and how: nginx's answer, files and revision, the instances and their timers, `current`."""
@@ -693,6 +709,7 @@ class World:
 
     def bookkeeping(self) -> dict:
         return {"previous": self.link("previous"), "history": self.history(), "releases": self.releases(),
+                "node": sorted(p for p in os.listdir(self.node_root) if not p.startswith(".")),
                 "leftovers": self.leftovers()}
 
     def serving(self) -> str:
@@ -748,7 +765,8 @@ def test_release_is_checked_on_the_idle_port_then_nginx_switches_to_it_and_the_o
         f"systemctl stop {idle}",
         f"systemctl reset-failed {idle}",
         f"systemctl start {idle}",                                  # 2. started there and checked
-        f"node {world.check_js} 127.0.0.1 {IDLE_PORT} /healthz {CHECK_SECONDS} /api/stream",
+        # The check runs on the Node the release links (the one its instance runs), not whatever PATH has.
+        f"node:releases/B/{NODE_LINK}/bin/node {world.check_js} 127.0.0.1 {IDLE_PORT} /healthz {CHECK_SECONDS} /api/stream",
         f"check passed {IDLE_PORT} B",
         f"systemctl enable --quiet {idle}",                         # starts at boot before nginx names it
         f"nginx -t -c {world.nginx.live}/nginx.conf",               # 3. nginx switched, reloaded, proven
@@ -769,8 +787,10 @@ def test_release_is_checked_on_the_idle_port_then_nginx_switches_to_it_and_the_o
     assert world.found().instances[LIVE_PORT].draining
     assert (world.link("current"), world.link("previous")) == ("releases/B", "releases/A")
     assert world.history() == [*HISTORY, ("B", IDLE_PORT)]
-    # keep_releases 2: B and BAD are the newest; A stays (previous, and the draining instance runs it); Z goes.
+    # keep_releases 2: B and BAD are the newest; A stays (previous, and the draining instance runs it); Z goes,
+    # and with it the Node build only Z ran.
     assert world.releases() == ["A", "B", "BAD"] and not world.leftovers()
+    assert world.bookkeeping()["node"] == [NODE_HOME]
     assert world.settle() == []  # nothing left for app_settle
     world.drains_end()
     assert world.instances()[LIVE_PORT] == ("inactive", False, None, "../releases/A")
@@ -881,6 +901,7 @@ RELEASE_POINTS = {
     10: "good", 11: "good", 12: "good",       # previous being moved; current being moved; history written
     13: "good",                               # the old instance's drain scheduled
     14: "good",                               # a release being pruned
+    15: "good",                               # a Node build no kept release runs being pruned
 }
 TARGETS = {"good": "B", "bad": "BAD"}
 SWITCHED_AT = 7  # from this point on nginx serves the new release
@@ -889,14 +910,16 @@ SWITCHED_AT = 7  # from this point on nginx serves the new release
 # instances and records the release (`current`, `previous`, the history) as an uninterrupted run does; what
 # still differs, per point (by choice: a settle only converges what serves and what is recorded): nothing is
 # pruned, or a cut's leftovers stay, until the next release.
-NOT_PRUNED = {"releases": sorted(World.AGES)}
+NOT_PRUNED = {"releases": sorted(World.AGES), "node": [OLD_NODE_HOME, NODE_HOME]}
 RECORDED_OTHERWISE = {
     7: NOT_PRUNED, 8: NOT_PRUNED, 9: NOT_PRUNED, 10: NOT_PRUNED, 11: NOT_PRUNED, 12: NOT_PRUNED, 13: NOT_PRUNED,
-    14: {"leftovers": [".releases-by-age", "releases/.pruning-Z"]},
+    14: {"leftovers": [".releases-by-age", "releases/.pruning-Z"], "node": [OLD_NODE_HOME, NODE_HOME]},
+    15: {"leftovers": [f"node/.pruning-{OLD_NODE_HOME}"]},
 }
 # What a release's first step removes (`rm -f instances/*.new current.new previous.new`, `rm -rf
 # .releases-by-age releases/.pruning-*`).
-LEFTOVERS = ("instances/*.new", "current.new", "previous.new", ".releases-by-age", "releases/.pruning-*")
+LEFTOVERS = ("instances/*.new", "current.new", "previous.new", ".releases-by-age", "releases/.pruning-*",
+             "node/.pruning-*", "node/.install-*")
 
 _REFERENCES: dict[str, tuple] = {}
 
@@ -977,6 +1000,87 @@ def test_a_power_cut_at_each_point_leaves_a_host_that_serves_once_it_boots(world
 def test_release_has_no_fault_point_beyond_the_table(world, scenario):
     result = world.live(TARGETS[scenario], fault=str(max(RELEASE_POINTS) + 1))
     assert result.returncode == (0 if scenario == "good" else 1), result.stderr
+
+
+# -- node-install.sh (through the command node_build yields) --------------------------------------------
+
+VERSION = "24.22.3"
+CURL = r"""#!/bin/sh
+echo "curl $*" >> "$STUB_LOG"
+out= url=
+while [ $# -gt 0 ]; do case $1 in -o) out=$2; shift ;; -*) ;; *) url=$1 ;; esac; shift; done
+[ -z "${STUB_CURL_FAIL:-}" ] || { echo "curl: (22) The requested URL returned error: 404" >&2; exit 22; }
+cp "$STUB_TARBALL" "$out"
+"""
+
+
+def node_tarball(path: Path, says: str = f"v{VERSION}") -> str:
+    """An official build's layout (node-vX-linux-x64/bin/node) whose node prints SAYS; returns its sha256."""
+    body = f"#!/bin/sh\necho {says}\n".encode()
+    with tarfile.open(path, "w:xz") as tar:
+        info = tarfile.TarInfo(f"node-v{VERSION}-linux-x64/bin/node")
+        info.size, info.mode = len(body), 0o755
+        tar.addfile(info, io.BytesIO(body))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def node_env(env, tmp_path):
+    bin_dir = Path(env["PATH"].split(":")[0])
+    (bin_dir / "curl").write_text(CURL)
+    (bin_dir / "curl").chmod(0o755)
+    tarball = tmp_path / "node.tar.xz"
+    return {**env, "STUB_TARBALL": str(tarball)}, tarball
+
+
+def install(env, root: Path, sha: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    """node_build's command for ROOT (the host's paths mapped here), run."""
+    build = Build(VERSION, "x64", f"http://mirror.test/v{VERSION}/node-v{VERSION}-linux-x64.tar.xz", sha)
+    with mock.patch.multiple(node_ops, host=mock.Mock(get_fact=lambda *a, **k: {}),
+                             report_differences=lambda paths: None):
+        commands = [c for c in node_ops.node_build._inner(build, str(root)) if isinstance(c, str)]
+    words = shlex.split(commands[-1])
+    assert words[:2] == ["/bin/sh", f"{STATE}/node-install.sh"]
+    return run(env, "node-install.sh", *words[2:], fault=fault)
+
+
+def test_node_install_checks_the_sha256_then_unpacks_the_build_beside_the_others(node_env, tmp_path):
+    env, tarball = node_env
+    root = tmp_path / "node"
+    (root / "v22.23.5-linux-x64" / "bin").mkdir(parents=True)  # another version stays as it is
+    result = install(env, root, node_tarball(tarball))
+    assert result.returncode == 0, result.stderr
+    assert subprocess.run([root / f"v{VERSION}-linux-x64/bin/node"], capture_output=True, text=True).stdout == f"v{VERSION}\n"
+    assert sorted(os.listdir(root)) == ["v22.23.5-linux-x64", f"v{VERSION}-linux-x64"]  # nothing left behind
+    # Installed: a second run downloads nothing.
+    before = len(calls(env, "curl"))
+    assert install(env, root, node_tarball(tarball)).returncode == 0 and len(calls(env, "curl")) == before == 1
+
+
+@pytest.mark.parametrize("case", ["tampered", "wrong version", "unreachable"])
+def test_node_install_refuses_a_build_that_fails_its_check_and_installs_nothing(node_env, tmp_path, case):
+    env, tarball = node_env
+    root = tmp_path / "node"
+    sha = node_tarball(tarball, says="v1.2.3" if case == "wrong version" else f"v{VERSION}")
+    if case == "tampered":
+        tarball.write_bytes(tarball.read_bytes() + b"\0")  # one byte more than the SHASUMS256.txt entry
+    result = install({**env, **({"STUB_CURL_FAIL": "1"} if case == "unreachable" else {})}, root, sha)
+    assert calls(env, "curl"), "no download was tried"
+    assert result.returncode == 1
+    assert {"tampered": "SHA-256", "wrong version": "says v1.2.3", "unreachable": "cannot download"}[case] in result.stderr
+    assert "nothing was installed" in result.stderr and os.listdir(root) == []
+
+
+def test_node_install_cut_short_leaves_only_its_work_directory_which_the_next_run_replaces(node_env, tmp_path):
+    env, tarball = node_env
+    root = tmp_path / "node"
+    sha = node_tarball(tarball)
+    work = root / f".install-v{VERSION}-linux-x64"
+    (work / "home" / "bin").mkdir(parents=True)  # a run cut while unpacking
+    (work / "node.tar.xz").write_bytes(b"half")
+    result = install(env, root, sha)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(root) == [f"v{VERSION}-linux-x64"]
 
 
 # -- deploy-lock.sh (through the command deploy_lock.py runs) ------------------------------------------
