@@ -38,7 +38,7 @@ demo: deps
 	echo "Shell on the host: $(BIN)/ssedeploy sandbox ssh --name demo"; \
 	echo "Tear it down:      make demo-down"
 
-# The real Next.js 15 example: built on this machine with an official LTS Node from the sandbox's mirror
+# The real Next.js 16 example: built on this machine with an official LTS Node from the sandbox's mirror
 # (`ssedeploy sandbox node`; this machine's npm runs on it, with its own registry config), then deployed.
 nextjs: deps
 	bin=$$($(BIN)/ssedeploy sandbox node) && cd examples/nextjs-sse && export PATH="$$bin:$$PATH" \

@@ -6,15 +6,16 @@ the host, field and value, and no host is touched. (`ssedeploy check` does the s
 offline, without connecting.) Then the host's deploy lock is taken: one run at a time
 per host (ssedeploy/deploy_lock.py).
 
-The app's Node is resolved and judged against its declared engines while planning, before any host
-changes (roles/node.py), and installed first: a download that fails its checksum stops the run there.
+The app's Node is resolved and judged against its declared engines, and a Next.js build's SSE routes
+against what streams (roles/app.py, ssedeploy/nextbuild.py), while planning, before any host changes;
+the Node is installed first (roles/node.py): a download that fails its checksum stops the run there.
 nginx goes next, its upstream at the instance it serves now; the app's release then
 starts on the idle instance and switches nginx to it once checked (roles/app.py).
 """
 
 from pyinfra import host, inventory
 
-from roles.app import DRIFT, app
+from roles.app import DRIFT, app, build_preflight
 from roles.nginx import nginx
 from roles.node import node, preflight, runtime
 from ssedeploy.deploy_lock import hold
@@ -27,6 +28,7 @@ settings = for_host(host, offline=DRIFT)
 record_run(host.state)
 node_runtime = runtime(settings)
 preflight(settings, node_runtime, drift=DRIFT)
+build_preflight(settings)
 hold(host, shared=DRIFT)
 
 node(settings, node_runtime)

@@ -29,6 +29,7 @@ web = (
             # "tls": {"mode": "files", "certificate": "certs/example.com.crt", "key": "certs/example.com.key"},
         },
         "nginx": {"expected_streams": 10000},
-        "app": {"name": "sseapp", "port": 3000, "heartbeat_seconds": 15},
+        # node: an LTS line (its newest official build, checked by SHA-256), an exact version, or "distro"
+        "app": {"name": "sseapp", "port": 3000, "heartbeat_seconds": 15, "node": "24"},
     },
 )

@@ -11,6 +11,7 @@ included, never printed and never in the unit.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
-from ssedeploy import release
+from ssedeploy import nextbuild, release
 from ssedeploy.facts import PathStates
 from ssedeploy.operations import app_live, app_release, app_settle, host_limits, private_file
 from ssedeploy.paths import NODE_LINK, STATE, app_dir, cache_dir, env_path, restart_marker, unit_path
@@ -82,6 +83,26 @@ def unit(settings, nofile: int) -> str:
     return render("systemd/app.service.j2", app=settings.app, app_dir=app_dir(settings),
                   exec_start=exec_start(settings), node_bin=node_bin(settings), env_file=env_path(settings),
                   nofile=nofile, keep_alive_ms=KEEP_ALIVE_MS)
+
+
+@functools.lru_cache(maxsize=None)
+def _inspected(source: str, sse_paths: tuple[str, ...]) -> nextbuild.Inspection:
+    return nextbuild.inspect(source, list(sse_paths))
+
+
+def build_preflight(settings) -> None:
+    """Refuse a Next.js build whose SSE paths are prerendered, on the Edge runtime or served by no route, before
+    the release leaves the controller (ssedeploy/nextbuild.py); say what else it found."""
+    if DRIFT and not os.path.isdir(settings.app.source):
+        return
+    try:
+        found = _inspected(settings.app.source, tuple(settings.site.sse_paths))
+    except ValueError as exc:
+        raise SettingsError(f"host {host.name}: app.source: {exc}") from None
+    if found.refusals:
+        raise SettingsError("\n".join(f"host {host.name}: {text}" for text in found.refusals))
+    for text in found.notes:
+        note(host, text)
 
 
 def environment(settings, host_name: str = "?") -> dict[str, str]:

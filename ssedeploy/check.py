@@ -18,6 +18,7 @@ saying so.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -26,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import engines, nginx
+from . import engines, nextbuild, nginx
 from . import node as nodejs
 from .inventory import NODE_MIRROR_KEY, inventory_hosts
 from .settings import Settings, SettingsError, parse
@@ -104,6 +105,23 @@ def local_nginx_test(conf: Path, version: str) -> tuple[list[str], str | None]:
     return ([f"nginx -t: {result.stderr.strip()}"] if result.returncode else []), None
 
 
+def build_report(host: str, settings: Settings) -> tuple[list[str], str]:
+    """(problems, what was seen) for a Next.js build's SSE routes (ssedeploy/nextbuild.py)."""
+    try:
+        found = nextbuild.inspect(settings.app.source, settings.site.sse_paths)
+    except ValueError as exc:
+        return [f"host {host}: app.source: {exc}"], ""
+    seen = "; ".join(found.notes) or "Next.js build: every SSE path is served by a dynamic Node.js route handler"
+    return [f"host {host}: {text}" for text in found.refusals], seen
+
+
+@functools.lru_cache(maxsize=None)
+def _downloaded(build: nodejs.Build) -> None:
+    """Download and check a build once per run, however many hosts use it."""
+    with tempfile.TemporaryDirectory(prefix="ssedeploy-check-node-") as tmp:
+        nodejs.download(build, Path(tmp) / "node.tar.xz")
+
+
 def node_build_report(host: str, settings: Settings, data: dict) -> tuple[list[str], str]:
     """(problems, what was seen) for the official build app.node names: resolved on its mirror, its x64
     tarball downloaded and checked against SHASUMS256.txt."""
@@ -111,8 +129,7 @@ def node_build_report(host: str, settings: Settings, data: dict) -> tuple[list[s
     site = settings.app.node_mirror or data.get(NODE_MIRROR_KEY) or nodejs.OFFICIAL_MIRROR
     try:
         build = nodejs.build_for(spec, site, "x64")
-        with tempfile.TemporaryDirectory(prefix="ssedeploy-check-node-") as tmp:
-            nodejs.download(build, Path(tmp) / "node.tar.xz")
+        _downloaded(build)
     except nodejs.Unreachable as exc:
         return [], f"Node build not checked ({exc})"
     except nodejs.NodeError as exc:
@@ -166,7 +183,7 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
             problems += tested
         for p in problems:
             out(f"host {name}: {p}")
-        for report in (node_report(name, settings),
+        for report in (build_report(name, settings), node_report(name, settings),
                        *([node_build_report(name, settings, data)] if settings.app.node != nodejs.DISTRO else [])):
             for p in report[0]:
                 out(p)

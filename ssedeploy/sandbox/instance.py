@@ -63,7 +63,6 @@ class Record:
     subnet: str
     state_dir: str
     hosts: list[Host] = field(default_factory=list)
-    mirror: dict | None = None  # the Node.js mirror's server (nodemirror.start); records before it lack it
 
     def dump(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -139,9 +138,30 @@ def host_status(rec: Record, host: Host) -> dict:
         "ssh_user": rootfs.LOGIN_USER, "ssh_key": str(state / "id_ed25519"),
         "known_hosts": str(state / "known_hosts"), "pid": host.pid, "instance": rec.instance,
     }
-    if rec.mirror:
-        info["node_mirror"] = nodemirror.url(rec.mirror["address"])
+    mirror = load_mirror(rec.instance)
+    if mirror:
+        info["node_mirror"] = nodemirror.url(mirror["address"])
     return info
+
+
+# The Node.js mirror's server (nodemirror.start) is recorded beside instance.json, not in it: a checkout of an
+# older ssedeploy still reads the instance's record.
+def mirror_path(instance: str) -> Path:
+    return hosts.instance_dir(instance) / "node-mirror.json"
+
+
+def load_mirror(instance: str) -> dict | None:
+    try:
+        return json.loads(mirror_path(instance).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def save_mirror(instance: str, mirror: dict) -> None:
+    path = mirror_path(instance)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(mirror) + "\n")
+    path.with_suffix(".tmp").replace(path)
 
 
 def status(instance: str) -> list[dict]:
@@ -227,13 +247,14 @@ def up(instance: str, count: int = 1, distro_key: str = "debian12", log=print) -
         save_record(rec)  # recorded at once, so `down` can clean up after a failed boot
     (state / "known_hosts").write_text("\n".join(known) + "\n")
     rec.hosts.sort(key=lambda h: int(h.name.rsplit("-", 1)[1]))
-    started_mirror = not nodemirror.alive(rec.mirror)  # a second `up` keeps the one that runs
+    save_record(rec)
+    mirror = load_mirror(instance)
+    started_mirror = not nodemirror.alive(mirror)  # a second `up` keeps the one that runs
     if started_mirror:
-        rec.mirror = nodemirror.start(str(subnet[1]), state / nodemirror.LOG_NAME)
-    save_record(rec)  # recorded before the wait, so `down` stops it even if it never answers
-    if started_mirror:
+        mirror = nodemirror.start(str(subnet[1]), state / nodemirror.LOG_NAME)
+        save_mirror(instance, mirror)  # recorded before the wait, so `down` stops it even if it never answers
         try:
-            nodemirror.wait_answering(rec.mirror, state / nodemirror.LOG_NAME)
+            nodemirror.wait_answering(mirror, state / nodemirror.LOG_NAME)
         except nodemirror.MirrorError as exc:
             raise SandboxError(str(exc)) from exc
 
@@ -297,9 +318,10 @@ def clean(instance: str, log=print) -> None:
             if host.alive:
                 log(f"stopping {host.name} (pid {host.pid})")
             hosts.stop(host.pid, host.start_time)
-        if rec and nodemirror.alive(rec.mirror):
-            log(f"stopping the Node.js mirror (pid {rec.mirror['pid']})")
-            nodemirror.stop(rec.mirror)
+    mirror = load_mirror(instance)
+    if nodemirror.alive(mirror):
+        log(f"stopping the Node.js mirror (pid {mirror['pid']})")
+        nodemirror.stop(mirror)
     hosts.remove_cgroups(instance)
     hosts.unmount_all(instance)
     hosts.remove_dirs(instance)

@@ -1,4 +1,4 @@
-"""The app role with the real Next.js 15 build (`make test` builds it first) on its own sandbox host."""
+"""The app role with the real Next.js 16 build (`make test` builds it first) on its own sandbox host."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ssedeploy.paths import app_dir, env_path, node_root
 from ssedeploy.settings import parse as _parse
 from ssedeploy.sse import read_stream
 
+from ..nextbuilds import built_project
 from .helpers import BIN, REPO, booted, deploy_with, host_of, live_app_port, live_unit, main_pid, run
 from .polling import streaming
 from .releasing import release_op
@@ -81,6 +82,27 @@ def test_env_file_is_private_and_secrets_stay_out_of_sight(nxt):
     assert SECRET not in nxt["first"].stdout + nxt["first"].stderr
     proc = host.check_output("cat /proc/%s/environ | tr '\\0' '\\n'", main_pid(host))
     assert f"API_TOKEN={SECRET}" in proc
+
+
+@pytest.mark.parametrize("sse_path, says", [
+    ("/api/frozen", "app/api/frozen/route.js was prerendered at build time (/api/frozen)"),
+    ("/api/edge", "app/api/edge/route.js runs on the Edge runtime"),
+    ("/api/strem", "no route handler of the build serves it"),
+])
+def test_a_next_build_that_would_not_stream_is_refused_before_any_host_changes(nxt, tmp_path, sse_path, says):
+    """Builds of tests/fixtures/nextbuild (Next.js 16: one route per case), each on an SSE path."""
+    host, name = nxt["host"], nxt["info"]["name"]
+    project = built_project(tmp_path)
+    before = (live_unit(host), main_pid(host), host.check_output(f"readlink {APP}/current"))
+    ran = deploy_with({**settings(source=str(project)), "site": {"sse_paths": [sse_path]}}, nxt["tmp"],
+                      instance=NAME, env={"API_TOKEN": SECRET})
+    log = ran.stdout + ran.stderr
+    assert ran.returncode == 1 and ran.results.ran() == [], log[-3000:]
+    assert f"host {name}: site.sse_paths.0 = '{sse_path}': {says}" in log, log[-3000:]
+    fix = {"/api/frozen": "export const dynamic = 'force-dynamic'", "/api/edge": "export const runtime = 'nodejs'",
+           "/api/strem": "a typo in site.sse_paths, or a missing route"}[sse_path]
+    assert fix in log
+    assert (live_unit(host), main_pid(host), host.check_output(f"readlink {APP}/current")) == before
 
 
 def test_missing_secret_fails_before_any_operation(nxt):

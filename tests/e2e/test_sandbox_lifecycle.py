@@ -35,10 +35,10 @@ def running(pid: int) -> bool:
 
 
 def mirror_process() -> dict:
-    """The instance's Node.js mirror server as its record has it (pid, start_time, address)."""
-    rec = instance.load_record(NAME)
-    assert rec and rec.mirror, f"sandbox {NAME!r} records no Node.js mirror"
-    return rec.mirror
+    """The instance's Node.js mirror server as recorded (pid, start_time, address)."""
+    mirror = instance.load_mirror(NAME)
+    assert mirror, f"sandbox {NAME!r} records no Node.js mirror"
+    return mirror
 
 
 def serves_index(address: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ssedeploy.sse import read_stream
 
-from .helpers import pyinfra_deploy, host_of
+from .helpers import REPO, deploy_with, host_of, main_pid, pyinfra_deploy
 
 NAME = "e2e-noble"
 
@@ -30,3 +30,17 @@ def test_ubuntu24_deploys_streams_and_converges(noble):
     assert host.run("nginx -t").rc == 0
     again = pyinfra_deploy(instance=NAME)
     assert again.results.changed() == [], again.stdout + again.stderr
+
+
+def test_the_next_js_16_example_streams_through_nginx_on_ubuntu24(noble, tmp_path):
+    assert (REPO / "examples/nextjs-sse/.next/standalone/server.js").exists(), "run `make nextjs` first"
+    try:
+        deploy_with({"app": {"source": str(REPO / "examples" / "nextjs-sse")}}, tmp_path, instance=NAME, check=True)
+        stream = read_stream(noble["address"], 80, "/api/stream", duration=3.5,
+                             headers={"Accept-Encoding": "gzip, deflate, br"})
+        assert stream.status == 200 and "content-encoding" not in stream.headers
+        assert len(stream.events) >= 2 and all(750 <= g <= 1250 for g in stream.gaps_ms), stream.gaps_ms
+        host = host_of(noble)
+        assert "next-server" in host.check_output("ps -o comm= -p %s", main_pid(host))
+    finally:
+        deploy_with({}, tmp_path, instance=NAME, check=True)

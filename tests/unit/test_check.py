@@ -10,6 +10,8 @@ from ssedeploy.check import lint
 from ssedeploy.cli import main
 from ssedeploy.settings import OLDEST_NGINX, parse
 
+from ..nextbuilds import built_project
+
 NGINX = shutil.which("nginx") or shutil.which("/usr/sbin/nginx")
 
 
@@ -131,3 +133,18 @@ def test_check_says_when_the_mirror_cannot_be_reached_and_goes_on(tmp_path, caps
     mirror = (tmp_path / "nowhere").as_uri()
     status, out = run_check(tmp_path, capsys, f'h = [("web-1", {{"app": {{"node_mirror": "{mirror}"}}}})]\n')
     assert status == 0 and "Node build not checked (cannot fetch" in out
+
+
+@pytest.mark.parametrize("sse_path, says", [("/api/frozen", "was prerendered at build time"),
+                                            ("/api/edge", "runs on the Edge runtime"),
+                                            ("/api/nowhere", "no route handler of the build serves it")])
+def test_check_refuses_a_next_build_that_would_not_stream(tmp_path, capsys, sse_path, says):
+    project = built_project(tmp_path)
+    src = f'h = [("web-1", {{"site": {{"sse_paths": ["{sse_path}"]}}, "app": {{"source": "{project}"}}}})]\n'
+    status, out = run_check(tmp_path, capsys, src)
+    assert status == 1 and f"host web-1: site.sse_paths.0 = '{sse_path}': " in out and says in out, out
+
+
+def test_check_says_an_app_that_is_not_a_next_build_is_not_inspected(capsys):
+    assert main(["check", "inventories/prod.py"]) == 0
+    assert "is not a Next.js build (no .next/BUILD_ID): its routes were not inspected" in capsys.readouterr().out
