@@ -6,8 +6,8 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
+from pyinfra.facts.files import File
 
-from ..facts import PathStates
 from ..node import Build
 from ..paths import STATE
 from .util import SCRIPTS, report_differences
@@ -28,8 +28,8 @@ def node_build(build: Build, root: str):
 
         node_build(name="Node.js", build=build_for("24", OFFICIAL_MIRROR, "x64"), root="/srv/sseapp/node")
     """
-    binary = f"{root}/{build.home}/bin/node"
-    if (host.get_fact(PathStates, paths=[binary]).get(binary) or ("",))[0] == "F":
+    # pyinfra's File fact (a stat), not PathStates: that one hashes a file, and node is over 100 MB.
+    if host.get_fact(File, path=f"{root}/{build.home}/bin/node"):
         host.noop(f"Node.js {build.version} is installed at {root}/{build.home}")
         return
     report_differences([f"{root}/{build.home} (Node.js {build.version}, from {build.url})"])
