@@ -10,6 +10,7 @@ cleaned all the same.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -173,6 +175,36 @@ def status(instance: str) -> list[dict]:
 
 def up(instance: str, count: int = 1, distro_key: str = "debian12", log=print) -> list[dict]:
     check_name(instance)
+    with _making(instance):
+        return _up(instance, count, distro_key, log)
+
+
+# Held while `up` makes an instance: until its first host is recorded it looks stale, and another run's
+# `down` (down_stale) must not clean it from under it.
+def _lock_path(instance: str) -> Path:
+    return network.RUN_DIR / f"up-{instance}.lock"
+
+
+@contextmanager
+def _making(instance: str):
+    network.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with open(_lock_path(instance), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _being_made(instance: str) -> bool:
+    try:
+        with open(_lock_path(instance)) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def _up(instance: str, count: int, distro_key: str, log) -> list[dict]:
     if distro_key not in rootfs.DISTROS:
         raise SandboxError(f"distro {distro_key!r} is not supported: use one of {', '.join(rootfs.DISTROS)}")
     if count < 1 or count > 20:
@@ -249,14 +281,18 @@ def up(instance: str, count: int = 1, distro_key: str = "debian12", log=print) -
     rec.hosts.sort(key=lambda h: int(h.name.rsplit("-", 1)[1]))
     save_record(rec)
     mirror = load_mirror(instance)
-    started_mirror = not nodemirror.alive(mirror)  # a second `up` keeps the one that runs
-    if started_mirror:
+    attempts = 0 if nodemirror.alive(mirror) else 2  # a second `up` keeps the one that runs
+    for attempt in range(1, attempts + 1):
         mirror = nodemirror.start(str(subnet[1]), state / nodemirror.LOG_NAME)
         save_mirror(instance, mirror)  # recorded before the wait, so `down` stops it even if it never answers
         try:
             nodemirror.wait_answering(mirror, state / nodemirror.LOG_NAME)
+            break
         except nodemirror.MirrorError as exc:
-            raise SandboxError(str(exc)) from exc
+            nodemirror.stop(mirror)
+            if attempt == attempts:
+                raise SandboxError(str(exc)) from exc
+            log(f"{exc}\nstarting the Node.js mirror once more")
 
     with ThreadPoolExecutor(max_workers=max(1, len(new_hosts))) as pool:
         list(pool.map(lambda h: wait_ready(rec, h), new_hosts))
@@ -334,6 +370,7 @@ def down(instance: str, log=print) -> None:
     require_root()
     clean(instance, log)
     shutil.rmtree(state_dir(instance), ignore_errors=True)
+    _lock_path(instance).unlink(missing_ok=True)
 
 
 def down_stale(log=print) -> list[str]:
@@ -345,7 +382,7 @@ def down_stale(log=print) -> list[str]:
         if not NAME_RE.fullmatch(name):
             continue
         rec = Record.load(global_record_path(name))
-        if rec and any(h.alive for h in rec.hosts):
+        if (rec and any(h.alive for h in rec.hosts)) or _being_made(name):
             continue
         clean(name, log)
         cleaned.append(name)

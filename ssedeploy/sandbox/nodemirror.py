@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -168,9 +169,24 @@ def url(address: str) -> str:
     return f"http://{address}:{PORT}"
 
 
+def stale_servers(address: str) -> list[dict]:
+    """Mirror servers of ours still bound to address:PORT that no record names any more (a run killed between
+    starting one and recording it): a new one could not bind, and they would answer in its place."""
+    out = subprocess.run(["ss", "-Hltnp", "src", address, "sport", "=", f":{PORT}"], capture_output=True, text=True)
+    found = []
+    for pid in {int(p) for p in re.findall(r"pid=(\d+)", out.stdout)}:
+        server = {"pid": pid, "start_time": hosts.process_start_time(pid), "address": address}
+        if alive(server):
+            found.append(server)
+    return found
+
+
 def start(address: str, log_path: Path) -> dict:
     """Serve CACHE on address:PORT from a detached process; returns what `alive`/`stop` need to find it."""
-    cmd = [sys.executable, "-m", "http.server", "--bind", address, "--directory", str(CACHE), str(PORT)]
+    for server in stale_servers(address):
+        stop(server)
+    # -u: its log says at once that it serves, or why it could not
+    cmd = [sys.executable, "-u", "-m", "http.server", "--bind", address, "--directory", str(CACHE), str(PORT)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -189,21 +205,40 @@ def alive(mirror: dict | None) -> bool:
             and hosts.process_start_time(mirror["pid"]) == mirror.get("start_time"))
 
 
-def wait_answering(mirror: dict, log_path: Path, timeout: float = 15) -> None:
-    """Poll index.json until the server answers; fail early if it exited (e.g. the port is taken)."""
+def wait_answering(mirror: dict, log_path: Path, timeout: float = 60) -> None:
+    """Poll index.json until the server answers; fail early if it exited (e.g. the port is taken). The
+    deadline is generous: right after a rootfs build and host boots, the machine's disk may be busy."""
     target = f"{url(mirror['address'])}/index.json"
     deadline = time.monotonic() + timeout
     while True:
         try:
             with _OPENER.open(target, timeout=2) as response:
                 response.read()
-            return
+            if alive(mirror):  # it was this server that answered
+                return
+            error = OSError("another process answered")
         except OSError as exc:
             error = exc
         if not alive(mirror) or time.monotonic() > deadline:
             tail = "\n".join(_read(log_path).splitlines()[-5:]) if log_path.exists() else ""
-            raise MirrorError(f"the Node.js mirror does not answer at {target} ({error}); see {log_path}:\n{tail}")
+            raise MirrorError(f"the Node.js mirror does not answer at {target} ({error}; {_exit_status(mirror)}); "
+                              f"see {log_path}:\n{tail}")
         time.sleep(0.1)
+
+
+def _exit_status(mirror: dict) -> str:
+    """How the server ended, if it did (it is this process's child when `up` started it)."""
+    if alive(mirror):
+        return "it still runs"
+    try:
+        pid, status = os.waitpid(mirror["pid"], os.WNOHANG)
+    except ChildProcessError:
+        return "it is gone"
+    if pid == 0:
+        return "it is gone"
+    if os.WIFSIGNALED(status):
+        return f"it was killed by signal {os.WTERMSIG(status)}"
+    return f"it exited with status {os.WEXITSTATUS(status)}"
 
 
 def stop(mirror: dict | None, timeout: float = 10) -> None:

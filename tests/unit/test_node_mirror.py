@@ -165,3 +165,24 @@ def test_server_answers_and_is_stopped_by_its_recorded_pid(fake_cache, tmp_path,
     assert not nodemirror.alive(mirror)
     with pytest.raises(nodemirror.MirrorError, match="does not answer"):
         nodemirror.wait_answering(mirror, log, timeout=0.5)
+
+
+def test_a_server_of_ours_no_record_names_is_replaced_not_left_to_answer(fake_cache, tmp_path, monkeypatch):
+    """A run killed between starting a server and recording it leaves one bound to the address: the next start
+    ends it (a new one could not bind, and the stale one would answer in its place)."""
+    nodemirror.ensure(log=lambda *_: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(nodemirror, "PORT", s.getsockname()[1])
+    log = tmp_path / "mirror.log"
+    stale = nodemirror.start("127.0.0.1", log)
+    fresh = None
+    try:
+        nodemirror.wait_answering(stale, log)
+        fresh = nodemirror.start("127.0.0.1", log)
+        assert not nodemirror.alive(stale), "the stale server still runs"
+        nodemirror.wait_answering(fresh, log)
+        assert nodemirror.alive(fresh)
+    finally:
+        nodemirror.stop(stale)
+        nodemirror.stop(fresh)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from ssedeploy.sandbox import aptsources, hosts, network
+from ssedeploy.sandbox import aptsources, hosts, instance, network
 from ssedeploy.sandbox.instance import SandboxError, check_name
 
 
@@ -117,3 +117,11 @@ def test_hosts_get_a_servers_open_files_limit_where_the_machine_allows(monkeypat
     assert hosts.server_nofile() is False
     monkeypatch.setattr(hosts.resource, "getrlimit", lambda _: (1024, 1048576))
     assert hosts.server_nofile() is True  # already enough: nothing to raise
+
+
+def test_an_instance_being_made_is_not_cleaned_as_stale_by_another_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(instance.network, "RUN_DIR", tmp_path)
+    assert not instance._being_made("x")
+    with instance._making("x"):
+        assert instance._being_made("x")
+    assert not instance._being_made("x")
