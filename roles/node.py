@@ -20,7 +20,7 @@ from pyinfra.operations import apt
 from roles import APT_LOCK_WAIT
 from ssedeploy import engines, node as nodejs
 from ssedeploy.facts import DistroNode
-from ssedeploy.inventory import NODE_MIRROR_KEY
+from ssedeploy.inventory import node_mirror
 from ssedeploy.operations import node_build
 from ssedeploy.paths import DISTRO_NODE_HOME, node_root
 from ssedeploy.run_results import note
@@ -41,8 +41,7 @@ class Runtime:
 
 
 def mirror(settings) -> str:
-    """app.node_mirror, else the sandbox's own mirror (sandbox hosts), else the Node.js project's site."""
-    return settings.app.node_mirror or host.data.get(NODE_MIRROR_KEY) or nodejs.OFFICIAL_MIRROR
+    return node_mirror(settings, host.data)
 
 
 def runtime(settings) -> Runtime:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import engines, nextbuild, nginx
 from . import node as nodejs
-from .inventory import NODE_MIRROR_KEY, inventory_hosts
+from .inventory import inventory_hosts, node_mirror
 from .settings import Settings, SettingsError, parse
 
 OFFLINE_CPUS = 2
@@ -126,7 +126,7 @@ def node_build_report(host: str, settings: Settings, data: dict) -> tuple[list[s
     """(problems, what was seen) for the official build app.node names: resolved on its mirror, its x64
     tarball downloaded and checked against SHASUMS256.txt."""
     spec = settings.app.node
-    site = settings.app.node_mirror or data.get(NODE_MIRROR_KEY) or nodejs.OFFICIAL_MIRROR
+    site = node_mirror(settings, data)
     try:
         build = nodejs.build_for(spec, site, "x64")
         _downloaded(build)

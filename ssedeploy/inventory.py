@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import sys
 
-from . import sandbox
+from . import node, sandbox
 from .settings import host_data
 
 # Host data: the Node.js download site of the host's sandbox instance (`sandbox status --json`'s node_mirror),
 # the default Node mirror for sandbox hosts, so inventories that set their own `app` data still use it.
 NODE_MIRROR_KEY = "sandbox_node_mirror"
+
+
+def node_mirror(settings, data) -> str:
+    """Where a host's official Node builds come from: app.node_mirror, else its sandbox instance's mirror,
+    else the Node.js project's site. `data`: the host's data (pyinfra's host.data or an inventory's dict)."""
+    return settings.app.node_mirror or data.get(NODE_MIRROR_KEY) or node.OFFICIAL_MIRROR
 
 
 def inventory_hosts(inventory_path: str, limit: list[str] | None = None) -> list[tuple[str, dict]]:

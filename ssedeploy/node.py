@@ -180,13 +180,18 @@ def download(build: Build, dest: Path) -> None:
             shutil.copyfileobj(response, out)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise Unreachable(f"cannot fetch {build.url}: {getattr(exc, 'reason', None) or exc}") from None
+    digest = file_sha256(dest)
+    if digest != build.sha256:
+        raise NodeError(f"{build.url} has SHA-256 {digest}, but its SHASUMS256.txt says {build.sha256}: refused")
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in chunks (a Node build is 50 MB)."""
     digest = hashlib.sha256()
-    with dest.open("rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    if digest.hexdigest() != build.sha256:
-        raise NodeError(f"{build.url} has SHA-256 {digest.hexdigest()}, but its SHASUMS256.txt says {build.sha256}: "
-                        "refused")
+    return digest.hexdigest()
 
 
 def install_local(mirror: str, spec: str, arch_name: str, dest_root: Path) -> Path:

@@ -78,6 +78,11 @@ def name(content: str, node_version: str | None) -> str:
     return content if node_version is None else f"{content}-node{node_version}"
 
 
+def content_of(release: str) -> str:
+    """The content hash in a release's name (its build, whatever Node it runs)."""
+    return release.split("-", 1)[0]
+
+
 def env_file(values: dict[str, str]) -> str:
     """systemd EnvironmentFile text: one KEY="value" per line, quotes and backslashes escaped."""
     lines = []

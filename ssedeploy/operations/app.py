@@ -13,6 +13,7 @@ from .. import nginx
 from ..facts import AppInstances, AppReleases, NginxVersion, PathStates, revision_request
 from ..instances import HostInstances, drain_name, live_port, release_plan, settle_plan, unit_name
 from ..paths import NGINX_STATE, NODE_LINK, STATE, app_dir, legacy_unit_path, node_root
+from ..release import content_of
 from ..settings import Settings
 from .nginx_tree import staged
 from .util import SCRIPTS, detached, report_differences
@@ -37,9 +38,8 @@ def app_release(archive: str, release: str, app_dir: str, cache_dir: str, node_h
     if host.get_fact(PathStates, paths=[target]).get(target) == ("D", ""):
         host.noop(f"release {release} is on the host")
         return
-    content = release.split("-", 1)[0]
     twin = next((r for r in sorted(host.get_fact(AppReleases, app_dir=app_dir)["kept"])
-                 if r.split("-", 1)[0] == content), None)
+                 if content_of(r) == content_of(release)), None)
     yield f"mkdir -p {STATE} {app_dir}/releases && rm -rf {target}.tmp"
     if twin:
         yield f"cp -a {app_dir}/releases/{twin} {target}.tmp && rm -f {target}.tmp/{NODE_LINK}"

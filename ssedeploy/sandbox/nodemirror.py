@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -104,7 +103,7 @@ def ensure(log=print) -> Path:
                 vdir = CACHE / f"v{version}"
                 vdir.mkdir(exist_ok=True)
                 tarball = repack(tgz, version, arch, vdir)
-                _write_atomic(vdir / "SHASUMS256.txt", shasums_line(_sha256(tarball), tarball.name))
+                _write_atomic(vdir / "SHASUMS256.txt", shasums_line(node.file_sha256(tarball), tarball.name))
             log(f"  Node.js {version} ready ({time.monotonic() - started:.0f} s)")
         today = datetime.date.today().isoformat()
         _write_atomic(CACHE / "index.json", json.dumps(index_entries(VERSIONS, arch, today), indent=1) + "\n")
@@ -142,14 +141,6 @@ def repack(tgz: Path, version: str, arch: str, dest_dir: Path) -> Path:
                         "-C", tmp, top], check=True, env=dict(os.environ, XZ_OPT="-T0 -0"))
     part.rename(dest)
     return dest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ssedeploy import engines, node
-from ssedeploy.release import name as release_name
+from ssedeploy.release import content_of, name as release_name
 from ssedeploy.settings import SettingsError, parse
 
 INDEX = [  # index.json's shape: newest first, `files` naming the builds
@@ -108,6 +108,7 @@ def test_a_bad_mirror_is_refused(value):
 def test_a_release_names_its_official_node_so_a_new_node_is_a_new_release():
     assert release_name("0123456789abcdef", None) == "0123456789abcdef"  # the distro's: as before
     assert release_name("0123456789abcdef", "24.22.3") == "0123456789abcdef-node24.22.3"
+    assert content_of("0123456789abcdef-node24.22.3") == content_of("0123456789abcdef") == "0123456789abcdef"
 
 
 # -- engines -------------------------------------------------------------------------------------------------
