@@ -211,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
 
     up = sbsub.add_parser("up", help="make sure the instance has N running hosts")
     up.add_argument("-n", "--count", type=int, default=1)
-    up.add_argument("--distro", default="debian12", choices=["debian12", "ubuntu24"])
+    up.add_argument("--distro", default="debian12", choices=list(sandbox.DISTROS))
     up.set_defaults(func=_sandbox_up)
     st = sbsub.add_parser("status", help="list the instance's running hosts")
     st.add_argument("--json", action="store_true")

@@ -3,6 +3,7 @@
 import os
 
 from .instance import SandboxError, Unreachable, down, down_stale, status, up  # noqa: F401
+from .rootfs import DISTROS  # noqa: F401
 
 DEFAULT_NAME = "demo"
 

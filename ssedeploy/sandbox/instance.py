@@ -27,7 +27,7 @@ from pathlib import Path
 
 import paramiko
 
-from . import hosts, network, nodemirror, rootfs
+from . import hosts, keyring, network, nodemirror, rootfs
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,10}$")  # bridge `ssd-<name>` must fit IFNAMSIZ
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -236,6 +236,8 @@ def _up(instance: str, count: int, distro_key: str, log) -> list[dict]:
         lower = rootfs.ensure(distro, log)
     except rootfs.ArchiveUnreachable as exc:
         raise Unreachable(str(exc)) from exc
+    except keyring.KeyringError as exc:  # a key that is not the pinned one is never used: stop, say why
+        raise SandboxError(f"{distro_key}: archive signatures cannot be checked: {exc}") from exc
     try:
         nodemirror.ensure(log)
     except nodemirror.MirrorError as exc:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import aptsources
+from . import aptsources, keyring
 
 CACHE = Path("/var/cache/ssedeploy/rootfs")
 LOGIN_USER = "admin"  # what Debian's cloud images call their sudo user
@@ -30,7 +30,7 @@ PACKAGES = (
     "systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,python3,iproute2,"
     "ca-certificates,procps,curl,sudo,gnupg"
 )
-UBUNTU_KEYRING = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"  # Debian 12's carries the Debian 13 keys too
 
 
 class ArchiveUnreachable(RuntimeError):
@@ -43,11 +43,23 @@ class Distro:
     family: str
     suite: str
     components: tuple[str, ...]
+    # Packages beyond PACKAGES that the distro's cloud image has (debootstrap's minbase has only `required` ones).
+    extra: tuple[str, ...] = ()
+
+    @property
+    def packages(self) -> str:
+        return ",".join([PACKAGES, *self.extra])
 
 
 DISTROS = {
     "debian12": Distro("debian12", "debian", "bookworm", ("main",)),
+    "debian13": Distro("debian13", "debian", "trixie", ("main",)),
+    "ubuntu22": Distro("ubuntu22", "ubuntu", "jammy", ("main", "universe")),
     "ubuntu24": Distro("ubuntu24", "ubuntu", "noble", ("main", "universe")),
+    # 26.04's sudo is sudo-rs: ubuntu-minimal depends on both `sudo` and `sudo-rs`, and sudo-rs takes
+    # /usr/bin/sudo through update-alternatives (the classic one stays as sudo.ws). `sudo` alone would
+    # give a host that is not what Ubuntu ships.
+    "ubuntu26": Distro("ubuntu26", "ubuntu", "resolute", ("main", "universe"), extra=("sudo-rs",)),
 }
 
 
@@ -107,7 +119,7 @@ def check_reachable(archive: Archive, distro: Distro, timeout: float = 15) -> No
 
 
 def cache_key(distro: Distro, archive: Archive) -> str:
-    blob = json.dumps([distro.key, PACKAGES, PROVISION_VERSION, archive.sources_list, LOGIN_USER])
+    blob = json.dumps([distro.key, distro.packages, PROVISION_VERSION, archive.sources_list, LOGIN_USER])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -126,28 +138,34 @@ def ensure(distro: Distro, log=print) -> Path:
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         log(f"building the {distro.key} rootfs once (about a minute), cached in {target}")
-        _debootstrap(distro, archive, tmp)
+        _debootstrap(distro, archive, tmp, _keyring(distro, archive, log))
         _provision(tmp, archive)
         (tmp / ".ssedeploy-ready").write_text(json.dumps({"distro": distro.key}) + "\n")
         tmp.rename(target)
     return target
 
 
-def _debootstrap(distro: Distro, archive: Archive, dest: Path) -> None:
-    cmd = ["debootstrap", "--variant=minbase", f"--include={PACKAGES}", f"--components={','.join(distro.components)}"]
+def _keyring(distro: Distro, archive: Archive, log=print) -> str | None:
+    """The keyring debootstrap checks the archive's signatures with; None (said loudly) when there is none."""
     if distro.family == "ubuntu":
-        if os.path.exists(UBUNTU_KEYRING):
-            cmd.append(f"--keyring={UBUNTU_KEYRING}")
-        else:
-            print(
-                "WARNING: no Ubuntu archive keyring on this machine: building the SANDBOX-ONLY "
-                "ubuntu24 rootfs WITHOUT signature checks (--no-check-gpg)",
-                file=sys.stderr,
-            )
-            cmd.append("--no-check-gpg")
+        try:
+            return str(keyring.ubuntu_keyring(archive.mirror, distro.suite, log))
+        except OSError as exc:  # the archive stopped answering between the reachability check and here
+            raise ArchiveUnreachable(f"{distro.key}: could not fetch Ubuntu's keyring package: {exc}") from exc
+    if os.path.exists(DEBIAN_KEYRING):
+        return DEBIAN_KEYRING
+    print(f"WARNING: {DEBIAN_KEYRING} is missing (package debian-archive-keyring): building the SANDBOX-ONLY "
+          f"{distro.key} rootfs WITHOUT signature checks (--no-check-gpg)", file=sys.stderr)
+    return None
+
+
+def _debootstrap(distro: Distro, archive: Archive, dest: Path, keyring_path: str | None) -> None:
+    cmd = ["debootstrap", "--variant=minbase", f"--include={distro.packages}",
+           f"--components={','.join(distro.components)}"]
+    cmd.append(f"--keyring={keyring_path}" if keyring_path else "--no-check-gpg")
     cmd += [distro.suite, str(dest), archive.mirror]
     if distro.family == "ubuntu":
-        cmd.append("/usr/share/debootstrap/scripts/gutsy")  # Debian 12's debootstrap has no noble script
+        cmd.append("/usr/share/debootstrap/scripts/gutsy")  # Debian 12's debootstrap has no noble/resolute script
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])

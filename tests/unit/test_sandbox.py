@@ -125,3 +125,116 @@ def test_an_instance_being_made_is_not_cleaned_as_stale_by_another_run(tmp_path,
     with instance._making("x"):
         assert instance._being_made("x")
     assert not instance._being_made("x")
+
+
+# --- Distros and Ubuntu's archive key (ssedeploy/sandbox/rootfs.py, keyring.py)
+
+def test_every_distro_builds_from_its_own_suite_with_a_login_users_sudo():
+    from ssedeploy.sandbox import rootfs
+
+    assert {k: d.suite for k, d in rootfs.DISTROS.items()} == {
+        "debian12": "bookworm", "debian13": "trixie", "ubuntu22": "jammy", "ubuntu24": "noble",
+        "ubuntu26": "resolute",
+    }
+    for d in rootfs.DISTROS.values():
+        assert d.components == (("main",) if d.family == "debian" else ("main", "universe"))  # nodejs: universe
+        assert "sudo" in d.packages.split(",")
+    assert "sudo-rs" in rootfs.DISTROS["ubuntu26"].packages.split(",")  # what 26.04 ships as its sudo
+    # The distros that were there before keep their package list, so their cached rootfs stays valid.
+    assert rootfs.DISTROS["debian12"].packages == rootfs.DISTROS["ubuntu24"].packages == rootfs.PACKAGES
+
+
+def _packet(tag: int, body: bytes, new: bool = False) -> bytes:
+    if new:
+        assert len(body) < 192
+        return bytes([0xC0 | tag, len(body)]) + body
+    return bytes([0x80 | (tag << 2) | 1]) + len(body).to_bytes(2, "big") + body
+
+
+def _key(seed: int) -> tuple[bytes, str]:
+    """A v4 RSA public-key packet body (the numbers need not be a real key) and its fingerprint."""
+    import hashlib
+
+    n = bytes([0x80 | seed]) + bytes(range(63))
+    body = bytes([4]) + (1_500_000_000 + seed).to_bytes(4, "big") + bytes([1]) + (512).to_bytes(2, "big") + n
+    body += (17).to_bytes(2, "big") + b"\x01\x00\x01"
+    fpr = hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).hexdigest().upper()
+    return body, fpr
+
+
+def test_only_pinned_keys_are_kept_with_their_packets():
+    from ssedeploy.sandbox import keyring
+
+    (a, fa), (b, fb) = _key(1), _key(2)
+    key_a = _packet(6, a) + _packet(13, b"A <a@test>") + _packet(2, b"\x04sig-a")
+    key_b = _packet(6, b, new=True) + _packet(13, b"B <b@test>", new=True) + _packet(14, _key(3)[0])
+    ring = key_a + key_b
+    assert list(keyring.keys(ring)) == [fa, fb]
+    assert keyring.pinned_only(ring, {fb: "B"}) == key_b  # user ID and subkey travel with it; A does not
+    with pytest.raises(keyring.KeyringError, match=f"does not carry the pinned key.*{fa[:8]}"):
+        keyring.pinned_only(key_b, {fa: "A"})
+    with pytest.raises(keyring.KeyringError, match="not an OpenPGP keyring"):
+        keyring.keys(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    with pytest.raises(keyring.KeyringError, match="truncated"):
+        keyring.keys(key_a[:-3])
+
+
+def test_fingerprints_agree_with_gnupg(tmp_path):
+    """The packet reader's v4 fingerprint is the one gpg computes, on a real key gpg makes."""
+    import shutil
+
+    from ssedeploy.sandbox import keyring
+
+    if not shutil.which("gpg"):
+        pytest.skip("no gpg on this machine")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
+    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", "Test <t@test>", "ed25519", "sign", "never"],
+                   check=True, capture_output=True)
+    exported = subprocess.run([*gpg, "--export"], check=True, capture_output=True).stdout
+    listed = subprocess.run([*gpg, "--with-colons", "--fingerprint"], check=True, capture_output=True, text=True).stdout
+    fpr = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:"))
+    assert list(keyring.keys(exported)) == [fpr]
+
+
+def test_the_pinned_ubuntu_key_is_the_2018_archive_key():
+    from ssedeploy.sandbox import keyring
+
+    assert keyring.PINNED == {"F6ECB3762474EDA9D21B7022871920D1991BC93C": "Ubuntu Archive Automatic Signing Key (2018)"}
+
+
+def test_the_keyring_package_is_found_in_the_archive_index():
+    from ssedeploy.sandbox import keyring
+
+    index = (
+        "Package: ubuntu-keyring\nVersion: 2021.03.26\nFilename: pool/main/u/ubuntu-keyring/old.deb\n"
+        "Size: 20\nSHA256: aa\n\n"
+        "Package: ubuntu-keyring-extra\nVersion: 9\nFilename: x.deb\nSize: 1\nSHA256: bb\n\n"
+        "Package: ubuntu-keyring\nVersion: 2023.11.28.1build1\nFilename: pool/main/u/ubuntu-keyring/new.deb\n"
+        "Size: 11228\nSHA256: cc\nDescription: GnuPG keys of the Ubuntu archive\n"
+    )
+    assert keyring.find_package(index, "ubuntu-keyring") == {
+        "Filename": "pool/main/u/ubuntu-keyring/new.deb", "SHA256": "cc", "Size": "11228",
+        "Version": "2023.11.28.1build1",
+    }
+    with pytest.raises(keyring.KeyringError, match="lists no ubuntu-keyring"):
+        keyring.find_package("Package: other\nVersion: 1\n", "ubuntu-keyring")
+
+
+def test_a_keyring_without_the_pinned_key_stops_up_with_exit_1(monkeypatch, capsys):
+    from ssedeploy import cli
+    from ssedeploy.sandbox import instance, keyring, rootfs
+
+    if os.geteuid() != 0:
+        pytest.skip("sandbox up needs root")
+
+    def wrong_key(distro, log=print):
+        raise keyring.KeyringError("Ubuntu's keyring does not carry the pinned key(s) F6EC...")
+
+    nowhere = rootfs.Archive("http://127.0.0.1:9/u", "http://127.0.0.1:9/u", "")
+    monkeypatch.setattr(rootfs, "archive_for", lambda distro: nowhere)
+    monkeypatch.setattr(rootfs, "ensure", wrong_key)
+    monkeypatch.setattr(instance, "clean", lambda *a, **k: None)  # touch no kernel state
+    assert cli.main(["sandbox", "up", "--name", "keyx", "--distro", "ubuntu26"]) == 1
+    assert "ubuntu26: archive signatures cannot be checked: Ubuntu's keyring does not carry" in capsys.readouterr().err
