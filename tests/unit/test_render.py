@@ -128,18 +128,38 @@ def test_nginx_marks_its_own_fallback_answer(tmp_path):
     assert [nginx.FALLBACK_HEADER, "1", "always"] in args_of(retry, "add_header")
 
 
+OLD_HTTP2 = ["ssl", "http2", "default_server", "reuseport"]  # `listen ... http2`: up to 1.25.0
+NEW_HTTP2 = ["ssl", "default_server", "reuseport"]  # `http2 on;` from 1.25.1 (the listen flag is deprecated)
+LISTEN_80 = [["80", "default_server", "reuseport"], ["[::]:80", "default_server", "reuseport"]]
+
+
+# Every nginx the sandbox distros ship (Ubuntu 22.04: 1.18, Debian 12: 1.22, Ubuntu 24.04: 1.24, Debian 13: 1.26,
+# Ubuntu 26.04: 1.28), and both sides of the 1.25.1 change.
 @pytest.mark.parametrize("version,listen,http2", [
-    ("1.22.1", ["443", "ssl", "http2", "default_server", "reuseport"], []),
-    ("1.24.0", ["443", "ssl", "http2", "default_server", "reuseport"], []),
-    ("1.25.1", ["443", "ssl", "default_server", "reuseport"], [["on"]]),
-    ("1.26.3", ["443", "ssl", "default_server", "reuseport"], [["on"]]),
+    ("1.18.0", OLD_HTTP2, []),
+    ("1.22.1", OLD_HTTP2, []),
+    ("1.24.0", OLD_HTTP2, []),
+    ("1.25.0", OLD_HTTP2, []),
+    ("1.25.1", NEW_HTTP2, [["on"]]),
+    ("1.26.3", NEW_HTTP2, [["on"]]),
+    ("1.28.3", NEW_HTTP2, [["on"]]),
 ])
 def test_tls_http2_syntax_follows_the_nginx_version(tmp_path, version, listen, http2):
     tree = parsed(tmp_path, {"site": {"tls": {}}}, version)
     main = public_server(tree)
-    assert args_of(main, "listen")[0] == listen
+    assert args_of(main, "listen") == [["443", *listen], ["[::]:443", *listen]]
     assert args_of(main, "http2") == http2
     assert args_of(main, "ssl_certificate") == [["/etc/ssl/ssedeploy/sseapp.crt"]]
+    redirect = next(s for s in servers(tree) if s is not main and args_of(s, "return"))
+    assert args_of(redirect, "listen") == LISTEN_80
+
+
+@pytest.mark.parametrize("version", ["1.18.0", "1.22.1", "1.24.0", "1.26.3", "1.28.3"])
+def test_plain_http_is_the_same_on_every_nginx_version(tmp_path, version):
+    main = public_server(parsed(tmp_path, {}, version))
+    assert args_of(main, "listen") == LISTEN_80
+    assert not args_of(main, "http2")
+    assert parsed(tmp_path, {}, version, nginx.NGINX_CONF) == parsed(tmp_path, {}, "1.22.1", nginx.NGINX_CONF)
 
 
 def test_http_redirects_everything_to_https_when_tls_is_on(tmp_path):
