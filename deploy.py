@@ -21,11 +21,13 @@ from roles.node import node, preflight, runtime
 from ssedeploy.deploy_lock import hold
 from ssedeploy.run_results import record_run
 from ssedeploy.settings import for_host
+from ssedeploy.sudo_check import check as check_sudo
 
 for other in inventory:
     for_host(other, offline=DRIFT)
 settings = for_host(host, offline=DRIFT)
 record_run(host.state)
+check_sudo(host)  # before the first fact: a sudo that cannot be driven is named with what to do
 node_runtime = runtime(settings)
 preflight(settings, node_runtime, drift=DRIFT)
 build_preflight(settings)

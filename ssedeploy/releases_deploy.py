@@ -9,9 +9,11 @@ from ssedeploy.operations.app import instances_on_host
 from ssedeploy.paths import app_dir
 from ssedeploy.run_results import record_run, report
 from ssedeploy.settings import for_host
+from ssedeploy.sudo_check import check as check_sudo
 
 settings = for_host(host, offline=True)
 record_run(host.state)
+check_sudo(host)
 found = instances_on_host(settings)
 port = live_port(found, settings.app.instance_ports)
 live = found.instances[port].release if port in found.instances else found.current

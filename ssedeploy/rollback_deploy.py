@@ -15,10 +15,12 @@ from ssedeploy.operations.app import instances_on_host
 from ssedeploy.paths import app_dir
 from ssedeploy.run_results import record_run
 from ssedeploy.settings import for_host
+from ssedeploy.sudo_check import check as check_sudo
 
 REFUSED = "Rollback target is a kept release"
 settings = for_host(host)
 record_run(host.state)
+check_sudo(host)
 hold(host)
 
 
