@@ -105,8 +105,16 @@ def server_nofile() -> bool:
     return True
 
 
-def boot(instance: str, host: str, root: Path, bridge: str, log_path: Path) -> int:
-    """Start `systemd-nspawn --boot` detached, from the host's own cgroups; returns its PID."""
+# systemd 256 and later refuse to boot on cgroup v1, hybrid included (v258 dropped it). On a machine whose
+# cgroups are hybrid (this project's kind), systemd-nspawn would hand the container the same hybrid layout;
+# this asks it for the unified (v2) hierarchy alone instead.
+UNIFIED_FROM_SYSTEMD = 256
+
+
+def boot(instance: str, host: str, root: Path, bridge: str, log_path: Path, systemd: int | None = None) -> int:
+    """Start `systemd-nspawn --boot` detached, from the host's own cgroups; returns its PID.
+
+    `systemd`: the version the rootfs carries (rootfs.systemd_version), which decides its cgroup layout."""
     cgroups = cgroup_dirs(instance, host)
     for cg in cgroups:
         cg.mkdir(parents=True, exist_ok=True)
@@ -122,9 +130,12 @@ def boot(instance: str, host: str, root: Path, bridge: str, log_path: Path) -> i
         "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
         f"--rlimit=NOFILE={NOFILE[0]}:{NOFILE[1]}",
     ]
+    env = dict(os.environ)
+    if systemd and systemd >= UNIFIED_FROM_SYSTEMD:
+        env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(
-            cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
+            cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True, preexec_fn=enter_cgroups,
         )
     return proc.pid

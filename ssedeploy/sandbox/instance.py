@@ -263,6 +263,7 @@ def _up(instance: str, count: int, distro_key: str, log) -> list[dict]:
             "so nginx is sized for that limit here")
     new_hosts = []
     taken = {h.name for h in rec.hosts}
+    systemd = rootfs.systemd_version(lower)
     for i in range(1, count + 1):
         name = f"{instance}-{i}"
         if name in taken:
@@ -274,7 +275,7 @@ def _up(instance: str, count: int, distro_key: str, log) -> list[dict]:
             login_user=rootfs.LOGIN_USER, authorized_key=pubkey, pins=pins,
         )
         known.append(f"{address} {host_key}")
-        pid = hosts.boot(instance, name, root, bridge, state / f"{name}.console.log")
+        pid = hosts.boot(instance, name, root, bridge, state / f"{name}.console.log", systemd)
         host = Host(name, address, pid, hosts.process_start_time(pid))
         rec.hosts.append(host)
         new_hosts.append(host)

@@ -217,3 +217,13 @@ def _uid_gid(root: Path, user: str) -> tuple[int, int]:
         if fields[0] == user:
             return int(fields[2]), int(fields[3])
     raise KeyError(user)
+
+
+def systemd_version(root: Path) -> int | None:
+    """The systemd a rootfs carries, from the name of its libsystemd-shared-NNN.so (what systemd-nspawn reads)."""
+    for pattern in ("usr/lib/systemd/libsystemd-shared-*.so", "usr/lib/*/systemd/libsystemd-shared-*.so"):
+        for lib in root.glob(pattern):
+            match = re.match(r"libsystemd-shared-(\d+)", lib.name)
+            if match:
+                return int(match.group(1))
+    return None

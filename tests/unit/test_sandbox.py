@@ -238,3 +238,37 @@ def test_a_keyring_without_the_pinned_key_stops_up_with_exit_1(monkeypatch, caps
     monkeypatch.setattr(instance, "clean", lambda *a, **k: None)  # touch no kernel state
     assert cli.main(["sandbox", "up", "--name", "keyx", "--distro", "ubuntu26"]) == 1
     assert "ubuntu26: archive signatures cannot be checked: Ubuntu's keyring does not carry" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path,version", [
+    ("usr/lib/systemd/libsystemd-shared-252.so", 252),                    # Debian 12
+    ("usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-259.so", 259),   # a multiarch layout
+    ("usr/lib/systemd/libsystemd-shared-259.5-0ubuntu3.so", 259),
+    ("usr/lib/systemd/systemd", None),
+])
+def test_the_systemd_version_of_a_rootfs_is_read_from_its_shared_library(tmp_path, path, version):
+    from ssedeploy.sandbox import rootfs
+
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text("")
+    assert rootfs.systemd_version(tmp_path) == version
+
+
+@pytest.mark.parametrize("systemd,unified", [(None, False), (252, False), (255, False), (256, True), (259, True)])
+def test_hosts_whose_systemd_refuses_cgroup_v1_are_booted_on_the_unified_hierarchy(monkeypatch, tmp_path,
+                                                                                   systemd, unified):
+    from ssedeploy.sandbox import hosts
+
+    started = {}
+
+    class Popen:
+        def __init__(self, cmd, env=None, **kw):
+            started.update(cmd=cmd, env=env)
+            self.pid = 4242
+
+    monkeypatch.setattr(hosts, "cgroup_dirs", lambda instance, host=None: [])
+    monkeypatch.setattr(hosts.subprocess, "Popen", Popen)
+    monkeypatch.delenv("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", raising=False)
+    assert hosts.boot("t", "t-1", tmp_path, "ssd-t", tmp_path / "console.log", systemd) == 4242
+    assert started["cmd"][:2] == ["systemd-nspawn", "--boot"]
+    assert ("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY" in started["env"]) == unified
