@@ -50,7 +50,7 @@ def check(host) -> None:
     channel = host.connector.client.get_transport().open_session()
     channel.set_combine_stderr(True)
     channel.exec_command(PROBE)
-    output = channel.makefile("r").read()
+    output = channel.makefile("rb").read().decode("utf-8", "replace")  # paramiko reads bytes
     message = advice(host.name, user or "the login user", channel.recv_exit_status(), output)
     if message:
         raise SudoUnusable(message)

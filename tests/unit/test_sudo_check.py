@@ -46,7 +46,7 @@ class _Channel:
         self.ran = command
 
     def makefile(self, mode):
-        return io.StringIO(self.output)
+        return io.BytesIO(self.output.encode())
 
     def recv_exit_status(self):
         return self.status
