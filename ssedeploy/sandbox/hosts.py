@@ -105,10 +105,11 @@ def server_nofile() -> bool:
     return True
 
 
-# systemd 256 and later refuse to boot on cgroup v1, hybrid included (v258 dropped it). On a machine whose
-# cgroups are hybrid (this project's kind), systemd-nspawn would hand the container the same hybrid layout;
-# this asks it for the unified (v2) hierarchy alone instead.
-UNIFIED_FROM_SYSTEMD = 256
+# systemd 258 dropped cgroup v1: Ubuntu 26.04's 259 stops at boot with "Detected unsupported legacy cgroup
+# hierarchy, refusing execution" where systemd-nspawn (Debian 12's 252) hands it the hybrid layout of a machine
+# like this project's. Such hosts get the unified (v2) hierarchy alone; older ones (Debian 13's 257 included)
+# keep the hybrid layout, as before.
+UNIFIED_FROM_SYSTEMD = 258
 
 
 def boot(instance: str, host: str, root: Path, bridge: str, log_path: Path, systemd: int | None = None) -> int:

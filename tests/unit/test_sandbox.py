@@ -254,7 +254,7 @@ def test_the_systemd_version_of_a_rootfs_is_read_from_its_shared_library(tmp_pat
     assert rootfs.systemd_version(tmp_path) == version
 
 
-@pytest.mark.parametrize("systemd,unified", [(None, False), (252, False), (255, False), (256, True), (259, True)])
+@pytest.mark.parametrize("systemd,unified", [(None, False), (252, False), (257, False), (258, True), (259, True)])
 def test_hosts_whose_systemd_refuses_cgroup_v1_are_booted_on_the_unified_hierarchy(monkeypatch, tmp_path,
                                                                                    systemd, unified):
     from ssedeploy.sandbox import hosts
