@@ -119,7 +119,11 @@ def check_reachable(archive: Archive, distro: Distro, timeout: float = 15) -> No
 
 
 def cache_key(distro: Distro, archive: Archive) -> str:
-    blob = json.dumps([distro.key, distro.packages, PROVISION_VERSION, archive.sources_list, LOGIN_USER])
+    parts = [distro.key, distro.packages, PROVISION_VERSION, archive.sources_list, LOGIN_USER]
+    if distro.family == "ubuntu":
+        # Trees built before the pinned key (possibly with --no-check-gpg) are not reused: a new key, a new tree.
+        parts.append(sorted(keyring.PINNED))
+    blob = json.dumps(parts)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -140,8 +140,20 @@ def test_every_distro_builds_from_its_own_suite_with_a_login_users_sudo():
         assert d.components == (("main",) if d.family == "debian" else ("main", "universe"))  # nodejs: universe
         assert "sudo" in d.packages.split(",")
     assert "sudo-rs" in rootfs.DISTROS["ubuntu26"].packages.split(",")  # what 26.04 ships as its sudo
-    # The distros that were there before keep their package list, so their cached rootfs stays valid.
+    # The distros that were there before keep their package list, so Debian 12's cached rootfs stays valid.
     assert rootfs.DISTROS["debian12"].packages == rootfs.DISTROS["ubuntu24"].packages == rootfs.PACKAGES
+
+
+def test_an_ubuntu_rootfs_is_keyed_by_the_pinned_archive_key(monkeypatch):
+    """A tree built before signatures were checked against the pinned key is never reused."""
+    from ssedeploy.sandbox import keyring, rootfs
+
+    archive = rootfs.Archive("http://mirror.test/ubuntu", "http://mirror.test/ubuntu", "deb x noble main\n")
+    noble, bookworm = rootfs.DISTROS["ubuntu24"], rootfs.DISTROS["debian12"]
+    key, debian_key = rootfs.cache_key(noble, archive), rootfs.cache_key(bookworm, archive)
+    monkeypatch.setattr(keyring, "PINNED", {"0" * 40: "another key"})
+    assert rootfs.cache_key(noble, archive) != key
+    assert rootfs.cache_key(bookworm, archive) == debian_key
 
 
 def _packet(tag: int, body: bytes, new: bool = False) -> bytes:
