@@ -3,8 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 # Machine packages the sandbox and the tests use (Node and npm only where the machine has none; npm and xz
-# build the sandbox's Node.js mirror).
-APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl xz-utils
+# build the sandbox's Node.js mirror; gpg keeps only the pinned Ubuntu archive key).
+APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl xz-utils gpg
 
 .PHONY: deps demo demo-nextjs nextjs demo-down test unit clean bench bench-quick
 

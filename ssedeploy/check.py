@@ -1,7 +1,7 @@
 """`ssedeploy check INVENTORY`: validate and render every host's nginx config offline.
 
 Nothing connects to a host. Each host's settings are validated and its tree rendered
-for `nginx.version` from the settings (default: the oldest supported, 1.22.1), for
+for `nginx.version` from the settings (default: the oldest supported, 1.18.0), for
 OFFLINE_CPUS workers and no fd cap (the deploy sizes from the host's facts). The tree
 is linted with gixy-next, where only `proxy_buffering_off` inside a declared SSE
 location is accepted, and tested with the local `nginx -t` under a temporary prefix

@@ -27,8 +27,8 @@ from pyinfra.api.exceptions import PyinfraError
 from . import node as nodejs
 
 DATA_KEYS = ("site", "nginx", "app")
-# The oldest nginx the templates support (Debian 12); what `check` renders for by default.
-OLDEST_NGINX = "1.22.1"
+# The oldest nginx the templates support (Ubuntu 22.04's); what `check` renders for by default.
+OLDEST_NGINX = "1.18.0"
 
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._~/%:@!*+,=-]*$")
 _SERVER_NAME_RE = re.compile(r"^(_|\*?\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\*|localhost)$")

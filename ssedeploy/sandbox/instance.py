@@ -35,6 +35,7 @@ MACHINE_TOOLS = {
     "debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nft": "nftables",
     "ip": "iproute2", "ssh-keygen": "openssh-client", "ssh": "openssh-client",
     "npm": "npm", "xz": "xz-utils",  # the Node.js mirror (nodemirror.py)
+    "gpg": "gpg",  # keeps only the pinned Ubuntu archive key (keyring.py)
 }
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import lzma
-import re
 import subprocess
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from debian import deb822
+from debian.debian_support import Version
 
 CACHE = Path("/var/cache/ssedeploy/keyrings")
 MACHINE_KEYRING = Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg")
@@ -35,86 +37,60 @@ class KeyringError(RuntimeError):
     """The keys could not be had, or do not carry the pinned fingerprints."""
 
 
-# --- OpenPGP packets (RFC 4880 section 4.2): just enough to split a keyring into keys and fingerprint them.
+# --- the pinned keys, kept by gpg (it checks each key's self-signatures as it imports)
 
-def packets(data: bytes):
-    """(tag, header+body bytes, body) of each packet; old and new header formats."""
-    i = 0
-    while i < len(data):
-        start, first = i, data[i]
-        if not first & 0x80:
-            raise KeyringError(f"not an OpenPGP keyring (byte {i})")
-        if first & 0x40:  # new format
-            tag, o = first & 0x3F, data[i + 1]
-            if o < 192:
-                length, i = o, i + 2
-            elif o < 224:
-                length, i = ((o - 192) << 8) + data[i + 2] + 192, i + 3
-            elif o == 255:
-                length, i = int.from_bytes(data[i + 2:i + 6], "big"), i + 6
-            else:
-                raise KeyringError("partial-length packet in a keyring")
-        else:  # old format
-            tag, kind = (first >> 2) & 0x0F, first & 3
-            if kind == 3:
-                raise KeyringError("indeterminate-length packet in a keyring")
-            size = 1 << kind
-            length, i = int.from_bytes(data[i + 1:i + 1 + size], "big"), i + 1 + size
-        body = data[i:i + length]
-        if len(body) != length:
-            raise KeyringError("truncated OpenPGP packet")
-        i += length
-        yield tag, data[start:i], body
+def _gpg(home: str, *args: str, data: bytes | None = None) -> bytes:
+    """gpg on a throwaway home; --no-autostart: public keys need no agent, so none is left running."""
+    cmd = ["gpg", "--homedir", home, "--batch", "--no-tty", "--no-autostart", "--quiet", *args]
+    try:
+        done = subprocess.run(cmd, input=data, capture_output=True, check=True)
+    except FileNotFoundError as exc:
+        raise KeyringError("gpg is not installed (package gpg): it keeps only the pinned archive key") from exc
+    except subprocess.CalledProcessError as exc:
+        raise KeyringError(f"gpg {args[0]}: {exc.stderr.decode(errors='replace').strip()}") from exc
+    return done.stdout
 
 
-def fingerprint(body: bytes) -> str | None:
-    """The v4 fingerprint of a public-key packet body (SHA-1 of 0x99, length, body); None for other versions."""
-    if not body or body[0] != 4:
-        return None
-    return hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).hexdigest().upper()
-
-
-def keys(data: bytes) -> dict[str, bytes]:
-    """Each primary key of a binary keyring by fingerprint, with its user IDs, signatures and subkeys."""
-    found: dict[str, bytes] = {}
-    current = None
-    for tag, raw, body in packets(data):
-        if tag == 6:  # a public key starts a new transferable key
-            current = fingerprint(body)
-            if current:
-                found[current] = b""
-        if current:
-            found[current] += raw
+def _primary_fingerprints(listing: str) -> list[str]:
+    """The primary keys' fingerprints in `gpg --with-colons` output (an fpr record follows its pub record)."""
+    found, after_pub = [], False
+    for line in listing.splitlines():
+        kind = line.split(":", 1)[0]
+        if kind == "fpr" and after_pub:
+            found.append(line.split(":")[9])
+        after_pub = kind == "pub"
     return found
 
 
+def keys(data: bytes) -> list[str]:
+    """The fingerprints of the primary keys in a keyring (binary or armored)."""
+    with tempfile.TemporaryDirectory() as home:
+        _gpg(home, "--import", data=data)
+        return _primary_fingerprints(_gpg(home, "--with-colons", "--list-keys").decode())
+
+
 def pinned_only(data: bytes, pinned=PINNED) -> bytes:
-    """The pinned keys of a keyring, and nothing else; refused if one is missing."""
-    have = keys(data)
-    missing = [f"{fpr} ({name})" for fpr, name in pinned.items() if fpr not in have]
-    if missing:
-        raise KeyringError(f"Ubuntu's keyring does not carry the pinned key(s) {', '.join(missing)}; "
-                           f"it carries {', '.join(sorted(have)) or 'no key'}")
-    return b"".join(have[fpr] for fpr in sorted(pinned))
+    """The pinned keys of a keyring (with their user IDs, signatures and subkeys), and nothing else."""
+    with tempfile.TemporaryDirectory() as home:
+        _gpg(home, "--import", data=data)
+        have = _primary_fingerprints(_gpg(home, "--with-colons", "--list-keys").decode())
+        missing = [f"{fpr} ({name})" for fpr, name in pinned.items() if fpr not in have]
+        if missing:
+            raise KeyringError(f"Ubuntu's keyring does not carry the pinned key(s) {', '.join(missing)}; "
+                               f"it carries {', '.join(sorted(have)) or 'no key'}")
+        return _gpg(home, "--export", *sorted(pinned))
 
 
 # --- the ubuntu-keyring package in the archive's index
 
 def find_package(index: str, name: str) -> dict[str, str]:
-    """Filename, SHA256 and Size of `name` in an apt Packages index (the highest version if listed twice)."""
-    best: dict[str, str] | None = None
-    for stanza in re.split(r"\n\s*\n", index):
-        fields = dict(re.findall(r"^([A-Za-z0-9-]+):[ \t]*(.*)$", stanza, re.M))
-        if fields.get("Package") == name and {"Filename", "SHA256", "Size"} <= fields.keys():
-            if best is None or _newer(fields["Version"], best["Version"]):
-                best = fields
-    if best is None:
+    """Filename, SHA256, Size and Version of `name` in an apt Packages index (the highest version if listed twice)."""
+    found = [p for p in deb822.Packages.iter_paragraphs(index, use_apt_pkg=False)
+             if p.get("Package") == name and {"Filename", "SHA256", "Size", "Version"} <= set(p)]
+    if not found:
         raise KeyringError(f"the archive's index lists no {name} package")
+    best = max(found, key=lambda p: Version(p["Version"]))
     return {k: best[k] for k in ("Filename", "SHA256", "Size", "Version")}
-
-
-def _newer(a: str, b: str) -> bool:
-    return subprocess.run(["dpkg", "--compare-versions", a, "gt", b]).returncode == 0
 
 
 def _get(url: str, limit: int, timeout: float = 30) -> bytes:
@@ -159,7 +135,7 @@ def ubuntu_keyring(mirror: str, suite: str, log=print) -> Path:
     target = CACHE / "ubuntu-archive-pinned.gpg"
     if target.exists():
         try:
-            if set(keys(target.read_bytes())) == set(PINNED):
+            if sorted(keys(target.read_bytes())) == sorted(PINNED):
                 return target
         except KeyringError:
             pass  # a damaged cache is rebuilt below

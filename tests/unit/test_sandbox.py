@@ -87,19 +87,31 @@ def test_host_files_give_identity_network_and_keys(tmp_path):
     assert len((root / "etc/machine-id").read_text().strip()) == 32
 
 
-def test_up_exits_3_when_the_archive_is_unreachable(monkeypatch, capsys):
+@pytest.mark.parametrize("distro", ["debian12", "debian13", "ubuntu22", "ubuntu24", "ubuntu26"])
+def test_up_exits_3_when_the_archive_is_unreachable(monkeypatch, capsys, distro):
     """Port 9 on loopback is closed: the same path a blocked distro archive takes."""
     from ssedeploy import cli
     from ssedeploy.sandbox import instance, rootfs
 
     if os.geteuid() != 0:
         pytest.skip("sandbox up needs root")
-    unreachable = rootfs.Archive("http://127.0.0.1:9/ubuntu", "http://127.0.0.1:9/ubuntu", "")
+    unreachable = rootfs.Archive("http://127.0.0.1:9/x", "http://127.0.0.1:9/x", "deb http://127.0.0.1:9/x s main\n")
     monkeypatch.setattr(rootfs, "archive_for", lambda distro: unreachable)
     monkeypatch.setattr(instance, "clean", lambda *a, **k: None)  # touch no kernel state
-    assert cli.main(["sandbox", "up", "--name", "unreach", "--distro", "ubuntu24"]) == 3
+    assert cli.main(["sandbox", "up", "--name", "unreach", "--distro", distro]) == 3
     err = capsys.readouterr().err
-    assert "ubuntu24: its package archive is not reachable" in err
+    assert f"{distro}: its package archive is not reachable" in err
+
+
+def test_an_unreachable_keyring_package_is_an_unreachable_archive(monkeypatch, tmp_path):
+    """The archive can stop answering between the reachability check and the keyring fetch: still exit 3's error."""
+    from ssedeploy.sandbox import keyring, rootfs
+
+    monkeypatch.setattr(keyring, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(keyring, "MACHINE_KEYRING", tmp_path / "none.gpg")
+    unreachable = rootfs.Archive("http://127.0.0.1:9/x", "http://127.0.0.1:9/x", "")
+    with pytest.raises(rootfs.ArchiveUnreachable, match="ubuntu26: could not fetch Ubuntu's keyring package"):
+        rootfs._keyring(rootfs.DISTROS["ubuntu26"], unreachable, log=lambda *_: None)
 
 
 def test_hosts_get_a_servers_open_files_limit_where_the_machine_allows(monkeypatch):
@@ -156,58 +168,37 @@ def test_an_ubuntu_rootfs_is_keyed_by_the_pinned_archive_key(monkeypatch):
     assert rootfs.cache_key(bookworm, archive) == debian_key
 
 
-def _packet(tag: int, body: bytes, new: bool = False) -> bytes:
-    if new:
-        assert len(body) < 192
-        return bytes([0xC0 | tag, len(body)]) + body
-    return bytes([0x80 | (tag << 2) | 1]) + len(body).to_bytes(2, "big") + body
-
-
-def _key(seed: int) -> tuple[bytes, str]:
-    """A v4 RSA public-key packet body (the numbers need not be a real key) and its fingerprint."""
-    import hashlib
-
-    n = bytes([0x80 | seed]) + bytes(range(63))
-    body = bytes([4]) + (1_500_000_000 + seed).to_bytes(4, "big") + bytes([1]) + (512).to_bytes(2, "big") + n
-    body += (17).to_bytes(2, "big") + b"\x01\x00\x01"
-    fpr = hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).hexdigest().upper()
-    return body, fpr
-
-
-def test_only_pinned_keys_are_kept_with_their_packets():
-    from ssedeploy.sandbox import keyring
-
-    (a, fa), (b, fb) = _key(1), _key(2)
-    key_a = _packet(6, a) + _packet(13, b"A <a@test>") + _packet(2, b"\x04sig-a")
-    key_b = _packet(6, b, new=True) + _packet(13, b"B <b@test>", new=True) + _packet(14, _key(3)[0])
-    ring = key_a + key_b
-    assert list(keyring.keys(ring)) == [fa, fb]
-    assert keyring.pinned_only(ring, {fb: "B"}) == key_b  # user ID and subkey travel with it; A does not
-    with pytest.raises(keyring.KeyringError, match=f"does not carry the pinned key.*{fa[:8]}"):
-        keyring.pinned_only(key_b, {fa: "A"})
-    with pytest.raises(keyring.KeyringError, match="not an OpenPGP keyring"):
-        keyring.keys(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
-    with pytest.raises(keyring.KeyringError, match="truncated"):
-        keyring.keys(key_a[:-3])
-
-
-def test_fingerprints_agree_with_gnupg(tmp_path):
-    """The packet reader's v4 fingerprint is the one gpg computes, on a real key gpg makes."""
-    import shutil
-
-    from ssedeploy.sandbox import keyring
-
-    if not shutil.which("gpg"):
-        pytest.skip("no gpg on this machine")
+@pytest.fixture
+def two_keys(tmp_path):
+    """Two keys gpg makes (A, B), exported as one binary keyring, and their fingerprints; its agent is ended."""
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", "Test <t@test>", "ed25519", "sign", "never"],
-                   check=True, capture_output=True)
-    exported = subprocess.run([*gpg, "--export"], check=True, capture_output=True).stdout
-    listed = subprocess.run([*gpg, "--with-colons", "--fingerprint"], check=True, capture_output=True, text=True).stdout
-    fpr = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:"))
-    assert list(keyring.keys(exported)) == [fpr]
+    try:
+        for uid in ("A <a@test>", "B <b@test>"):
+            subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
+                           check=True, capture_output=True)
+        listed = subprocess.run([*gpg, "--with-colons", "--list-keys"], check=True, capture_output=True,
+                                text=True).stdout
+        ring = subprocess.run([*gpg, "--export"], check=True, capture_output=True).stdout
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+    uids = [line.split(":")[9] for line in listed.splitlines() if line.startswith("uid:")]
+    fprs = [line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:")]
+    return ring, dict(zip([u[0] for u in uids], fprs))
+
+
+def test_only_pinned_keys_are_kept(two_keys):
+    from ssedeploy.sandbox import keyring
+
+    ring, fpr = two_keys
+    assert sorted(keyring.keys(ring)) == sorted([fpr["A"], fpr["B"]])
+    kept = keyring.pinned_only(ring, {fpr["B"]: "B"})
+    assert keyring.keys(kept) == [fpr["B"]]  # B and its packets; A does not travel with it
+    with pytest.raises(keyring.KeyringError, match=f"does not carry the pinned key.*{fpr['A'][:8]}"):
+        keyring.pinned_only(kept, {fpr["A"]: "A"})
+    with pytest.raises(keyring.KeyringError, match="gpg --import"):
+        keyring.keys(b"not a keyring")
 
 
 def test_the_pinned_ubuntu_key_is_the_2018_archive_key():
