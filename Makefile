@@ -3,8 +3,10 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 # Machine packages the sandbox and the tests use (Node and npm only where the machine has none; npm and xz
-# build the sandbox's Node.js mirror; gpg keeps only the pinned Ubuntu archive key).
-APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl xz-utils gpg
+# build the sandbox's Node.js mirror; gpg keeps only the pinned Ubuntu archive key; pebble and openssl are each
+# instance's ACME CA).
+APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl xz-utils gpg \
+	pebble openssl
 
 .PHONY: deps demo demo-nextjs nextjs demo-down test unit clean bench bench-quick
 

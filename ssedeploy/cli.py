@@ -12,7 +12,7 @@ from . import sandbox
 
 
 def _sandbox_up(args) -> int:
-    hosts = sandbox.up(args.name, args.count, args.distro, log=_err)
+    hosts = sandbox.up(args.name, args.count, args.distro, log=_err, cert_validity=args.cert_validity)
     for h in hosts:
         print(f"{h['name']}  {h['address']}  {h['distro']}  ssh: ssedeploy sandbox ssh {h['name']}")
     return 0
@@ -212,6 +212,9 @@ def parser() -> argparse.ArgumentParser:
     up = sbsub.add_parser("up", help="make sure the instance has N running hosts")
     up.add_argument("-n", "--count", type=int, default=1)
     up.add_argument("--distro", default="debian12", choices=list(sandbox.DISTROS))
+    up.add_argument("--cert-validity", type=int, metavar="SECONDS",
+                    help="how long the instance's ACME CA makes certificates valid (0: pebble's 5 years; "
+                         "default: a running instance's, else 0)")
     up.set_defaults(func=_sandbox_up)
     st = sbsub.add_parser("status", help="list the instance's running hosts")
     st.add_argument("--json", action="store_true")

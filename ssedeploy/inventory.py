@@ -11,6 +11,14 @@ from .settings import host_data
 # Host data: the Node.js download site of the host's sandbox instance (`sandbox status --json`'s node_mirror),
 # the default Node mirror for sandbox hosts, so inventories that set their own `app` data still use it.
 NODE_MIRROR_KEY = "sandbox_node_mirror"
+# Host data: the host's sandbox instance's ACME CA (ssedeploy/sandbox/acme.py), from `sandbox status --json`'s
+# field of the same name without `sandbox_`: its directory URL, the CA file (on this machine) its HTTPS listener's
+# certificate chains to, the host's own DNS name there and the instance's site name (its first host's).
+ACME_DIRECTORY_KEY = "sandbox_acme_directory"
+ACME_CA_KEY = "sandbox_acme_ca"
+ACME_NAME_KEY = "sandbox_acme_name"
+ACME_SITE_KEY = "sandbox_acme_site"
+ACME_KEYS = {key.removeprefix("sandbox_"): key for key in (ACME_DIRECTORY_KEY, ACME_CA_KEY, ACME_NAME_KEY, ACME_SITE_KEY)}
 
 
 def node_mirror(settings, data) -> str:
@@ -84,4 +92,5 @@ def sandbox_host(info: dict) -> tuple[str, dict]:
         "ssh_strict_host_key_checking": "yes",  # pyinfra's default is accept-new
         "_sudo": True,
         **({NODE_MIRROR_KEY: info["node_mirror"]} if info.get("node_mirror") else {}),
+        **{key: info[field] for field, key in ACME_KEYS.items() if info.get(field)},
     })

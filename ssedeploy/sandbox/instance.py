@@ -27,7 +27,7 @@ from pathlib import Path
 
 import paramiko
 
-from . import hosts, keyring, network, nodemirror, rootfs
+from . import acme, hosts, keyring, network, nodemirror, rootfs
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,10}$")  # bridge `ssd-<name>` must fit IFNAMSIZ
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,7 @@ MACHINE_TOOLS = {
     "ip": "iproute2", "ssh-keygen": "openssh-client", "ssh": "openssh-client",
     "npm": "npm", "xz": "xz-utils",  # the Node.js mirror (nodemirror.py)
     "gpg": "gpg",  # keeps only the pinned Ubuntu archive key (keyring.py)
+    "pebble": "pebble", "pebble-challtestsrv": "pebble", "openssl": "openssl",  # the ACME CA (acme.py)
 }
 
 
@@ -144,6 +145,10 @@ def host_status(rec: Record, host: Host) -> dict:
     mirror = load_mirror(rec.instance)
     if mirror:
         info["node_mirror"] = nodemirror.url(mirror["address"])
+    ca = acme.load(rec.instance)
+    if ca:
+        info.update(acme_directory=acme.directory_url(ca["address"]), acme_ca=ca["ca"],
+                    acme_name=acme.host_name(rec.instance, host.name), acme_site=acme.site_name(rec.instance))
     return info
 
 
@@ -174,10 +179,15 @@ def status(instance: str) -> list[dict]:
     return [host_status(rec, h) for h in rec.hosts if h.alive]
 
 
-def up(instance: str, count: int = 1, distro_key: str = "debian12", log=print) -> list[dict]:
+def up(instance: str, count: int = 1, distro_key: str = "debian12", log=print,
+       cert_validity: int | None = None) -> list[dict]:
+    """`cert_validity`: seconds the instance's ACME CA makes certificates valid for (0: pebble's default);
+    None keeps a running instance's, or 0 for a new one."""
     check_name(instance)
+    if cert_validity is not None and cert_validity < 0:
+        raise SandboxError(f"certificate validity {cert_validity} is not allowed: use seconds, or 0 for pebble's default")
     with _making(instance):
-        return _up(instance, count, distro_key, log)
+        return _up(instance, count, distro_key, log, cert_validity)
 
 
 # Held while `up` makes an instance: until its first host is recorded it looks stale, and another run's
@@ -205,7 +215,7 @@ def _being_made(instance: str) -> bool:
     return False
 
 
-def _up(instance: str, count: int, distro_key: str, log) -> list[dict]:
+def _up(instance: str, count: int, distro_key: str, log, cert_validity: int | None = None) -> list[dict]:
     if distro_key not in rootfs.DISTROS:
         raise SandboxError(f"distro {distro_key!r} is not supported: use one of {', '.join(rootfs.DISTROS)}")
     if count < 1 or count > 20:
@@ -297,10 +307,42 @@ def _up(instance: str, count: int, distro_key: str, log) -> list[dict]:
             if attempt == attempts:
                 raise SandboxError(str(exc)) from exc
             log(f"{exc}\nstarting the Node.js mirror once more")
+    start_acme(instance, rec, state, cert_validity, log)
 
     with ThreadPoolExecutor(max_workers=max(1, len(new_hosts))) as pool:
         list(pool.map(lambda h: wait_ready(rec, h), new_hosts))
     return [host_status(rec, h) for h in rec.hosts]
+
+
+def start_acme(instance: str, rec: Record, state: Path, cert_validity: int | None, log) -> dict:
+    """Run the instance's ACME CA on its gateway, keeping servers that run as asked (a second `up`), and
+    make it resolve the instance's names: the recorded ones (a moved name stays moved) and each host's."""
+    gateway = str(ipaddress.ip_network(rec.subnet)[1])
+    running = acme.load(instance)
+    if running and running.get("address") != gateway:
+        acme.stop(running)
+        running = None
+    validity = cert_validity if cert_validity is not None else (running or {}).get("validity", 0)
+    wanted = {**acme.default_names(instance, [(h.name, h.address) for h in rec.hosts]),
+              **(running or {}).get("names", {})}
+    try:
+        acme.ensure(instance, gateway)
+        for attempt in (1, 2):
+            record = {**acme.start(gateway, acme.acme_dir(instance), state, validity, running), "names": wanted}
+            acme.save(instance, record)  # recorded before the wait, so `down` stops it even if it never answers
+            try:
+                acme.wait_answering(record)
+                break
+            except acme.AcmeError as exc:
+                acme.stop(record)
+                if attempt == 2:
+                    raise
+                running = None
+                log(f"{exc}\nstarting the ACME CA once more")
+        acme.register(gateway, wanted)
+    except acme.AcmeError as exc:
+        raise SandboxError(str(exc)) from exc
+    return record
 
 
 def _read_known_hosts(path: Path, addresses: set[str]) -> list[str]:
@@ -362,6 +404,10 @@ def clean(instance: str, log=print) -> None:
     if nodemirror.alive(mirror):
         log(f"stopping the Node.js mirror (pid {mirror['pid']})")
         nodemirror.stop(mirror)
+    ca = acme.load(instance)
+    if ca and any(acme.process_alive(ca.get(k)) for k in ("pebble", "challtestsrv")):
+        log(f"stopping the ACME CA (pebble pid {ca['pebble']['pid']}, challtestsrv pid {ca['challtestsrv']['pid']})")
+    acme.stop(ca)
     hosts.remove_cgroups(instance)
     hosts.unmount_all(instance)
     hosts.remove_dirs(instance)
