@@ -17,7 +17,10 @@ instance's site name, for its first host. `.test` is reserved (RFC 2606), so no 
 2.4.0 checks an identifier's syntax only (no TLD or public-suffix list), so it issues for them.
 
 Pebble keeps nothing: every start makes a new root and intermediate and forgets accounts and orders, so
-whoever trusts its certificates fetches the root after `up` (`roots`). Certificate lifetime: pebble 2.4.0 reads
+whoever trusts its certificates fetches the root after `up` (`roots`), and an ACME client registers anew after
+a restart (certbot 2.1, Debian 12's, fails on its saved account with "AttributeError: can't set attribute":
+remove /etc/letsencrypt/accounts/GATEWAY:14000). `up` restarts only what is not running as asked, and
+registers the names again (challtestsrv keeps them in memory only). Certificate lifetime: pebble 2.4.0 reads
 `certificateValidityPeriod` (seconds) from its config; 0 means its default, 157766400 s (5 years). `up` sets it
 per instance (`--cert-validity`).
 
