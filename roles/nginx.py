@@ -10,6 +10,7 @@ function of what changed and the revisions read from the host.
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass
 from enum import Enum
 from io import StringIO
@@ -20,8 +21,9 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
 from roles import APT_LOCK_WAIT
+from ssedeploy import acme
 from ssedeploy import nginx as conf
-from ssedeploy.facts import NginxDefaultServers, NginxRevisions, revision_request
+from ssedeploy.facts import AcmeCerts, NginxDefaultServers, NginxRevisions, revision_request
 from ssedeploy.operations import SCRIPTS, host_limits, nginx_config
 from ssedeploy.paths import NGINX_STATE as STATE_DIR
 
@@ -33,6 +35,11 @@ RUNNING = "nginx is running and enabled"
 RESTART = "Restart nginx (package or drop-in changed)"
 RELOAD = "Reload nginx gracefully"
 REVISION_CHECK = "nginx serves the new config revision"
+CHALLENGE_TREE = "nginx config that answers the CA's HTTP-01 challenge (staged, tested, swapped)"
+CHALLENGE_RELOAD = "Reload nginx to answer the HTTP-01 challenge"
+ISSUE = "ACME certificate from the CA"
+INSTALL = "ACME certificate goes live (nginx -t)"
+CERT_CHECK = "nginx serves the live ACME certificate"
 
 
 def reported(name: str) -> str:
@@ -54,14 +61,15 @@ class Plan:
 
 
 def plan(*, package: bool, drop_in: bool, tree: bool, certificate: bool, live: str | None,
-         served: str | None) -> Plan:
+         served: str | None, certificate_stale: bool = False) -> Plan:
     """What nginx needs, from what this run changed (package, systemd drop-in, config tree, certificate)
-    and the revisions read before it: of the live files, and the one nginx serves (None: unknown)."""
+    and the revisions read before it: of the live files, and the one nginx serves (None: unknown).
+    `certificate_stale`: nginx serves another ACME certificate than the live one (a cut before a reload)."""
     if package or drop_in:
         return Plan(Action.RESTART, check_revision=True)  # a new master loads the live tree too
     if tree or certificate:
         return Plan(Action.RELOAD, check_revision=True)
-    if live is not None and served != live:
+    if (live is not None and served != live) or certificate_stale:
         # A run died between putting a config live and reloading: finish it though no file changes.
         return Plan(Action.CONVERGE, check_revision=True)
     return Plan(Action.NOTHING, check_revision=False)
@@ -98,6 +106,48 @@ def tls(settings):
     )]
 
 
+def acme_certificate(settings) -> tuple[list, acme.Plan]:
+    """An ACME certificate for site.server_names (ssedeploy/acme.py decides, scripts/acme-cert.sh acts):
+    the operations that put a certificate live, and the plan. certbot asks the CA only when the plan says
+    so; if it fails, nothing after it runs and nginx serves what it served."""
+    tls = settings.site.tls
+    apt.packages(name="Install certbot and openssl", packages=["certbot", "openssl"], extra_install_args=APT_LOCK_WAIT)
+    files.directory(name="TLS directory", path=conf.TLS_DIR, user="root", group="root", mode="700")
+    files.directory(name="HTTP-01 webroot", path=conf.ACME_WEBROOT, user="root", group="root", mode="755")
+    files.put(name="acme-cert.sh", src=str(SCRIPTS / "acme-cert.sh"), dest=acme.SCRIPT, mode="755")
+    files.put(name="certbot renewal hook", src=StringIO(acme.renew_hook(settings)), dest=acme.hook_path(settings),
+              mode="755")
+    if tls.directory_ca:
+        files.put(name="ACME directory's CA bundle", src=tls.directory_ca, dest=acme.DIRECTORY_CA, mode="644")
+    else:
+        files.file(name="ACME directory's CA bundle", path=acme.DIRECTORY_CA, present=False)
+    drop_in = (files.put(name="certbot.service drop-in", src=StringIO(acme.certbot_drop_in()),
+                         dest=acme.CERTBOT_DROP_IN, mode="644") if tls.directory_ca else
+               files.file(name="certbot.service drop-in", path=acme.CERTBOT_DROP_IN, present=False))
+    systemd.daemon_reload(name="systemd daemon-reload (certbot)", _if=drop_in.did_change)
+
+    certs = host.get_fact(AcmeCerts, lineage=acme.lineage_dir(settings),
+                          renewal=f"{acme.LETSENCRYPT}/renewal/{acme.cert_name(settings)}.conf",
+                          live_dir=conf.acme_dir(settings), port=tls.port, server_name=acme.first_name(settings))
+    decided = acme.plan(settings.site.server_names, tls.directory, certs, int(time.time()))
+    if decided.challenge_first:
+        # The CA fetches its token from the live site: put the challenge location live first, the site served
+        # over TLS only with a certificate it has already (else plain HTTP until the certificate exists).
+        before = conf.file_tls_paths(settings)  # a self-signed or own pair the site served until now
+        keep = not decided.tls_now and all(host.get_fact(File, path=p) for p in before)
+        pre = nginx_config(name=CHALLENGE_TREE, settings=settings, tls_live=decided.tls_now or keep,
+                           tls_files=before if keep else None)
+        systemd.service(name="nginx is running (HTTP-01)", service="nginx", running=True)
+        systemd.service(name=CHALLENGE_RELOAD, service="nginx", reloaded=True, _if=pre.did_change)
+        server.shell(name=f"{REVISION_CHECK} (HTTP-01)", commands=[served_revision_check(settings)],
+                     _if=pre.did_change)
+    if decided.request:
+        server.shell(name=f"{ISSUE} ({decided.request})", commands=[shlex.join(acme.issue_command(settings))])
+    if decided.install:
+        return [server.shell(name=INSTALL, commands=[shlex.join(acme.install_command(settings))])], decided
+    return [], decided
+
+
 def default_server(settings):
     """With server_name `_` the site must be nginx's default server: another site that claims it on the
     same port is named here and the host stops before the swap (nginx -t would refuse both)."""
@@ -121,7 +171,11 @@ def nginx(settings):
         dest=conf.DROP_IN, mode="644",
     )
     systemd.daemon_reload(name="systemd daemon-reload", _if=drop_in.did_change)
-    certificate = tls(settings) if settings.site.tls else []
+    acme_plan = None
+    if settings.site.tls and settings.site.tls.mode == "acme":
+        certificate, acme_plan = acme_certificate(settings)
+    else:
+        certificate = tls(settings) if settings.site.tls else []
     default_server(settings)
     tree = nginx_config(name=TREE, settings=settings)
     systemd.service(name=RUNNING, service="nginx", running=True, enabled=True)
@@ -130,7 +184,8 @@ def nginx(settings):
 
     def decide(changed) -> Plan:
         return plan(package=changed(package), drop_in=changed(drop_in), tree=changed(tree),
-                    certificate=any(changed(op) for op in certificate), **revisions)
+                    certificate=any(changed(op) for op in certificate),
+                    certificate_stale=bool(acme_plan and acme_plan.stale), **revisions)
 
     def at_run() -> Plan:  # what the operations above did, known only while the run executes
         return decide(lambda op: op.did_change())
@@ -143,3 +198,6 @@ def nginx(settings):
                     _if=None if certain else lambda: at_run().action in (Action.RELOAD, Action.CONVERGE))
     server.shell(name=REVISION_CHECK, commands=[served_revision_check(settings)],
                  _if=None if certain else lambda: at_run().check_revision)
+    if acme_plan:  # the reload is proven by the serial nginx serves, not only by the config revision
+        server.shell(name=CERT_CHECK, commands=[shlex.join(acme.wait_command(settings))],
+                     _if=None if certain else lambda: at_run().check_revision)

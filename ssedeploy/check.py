@@ -52,7 +52,8 @@ def write_prefix(root: Path, settings: Settings, files: dict[str, str]) -> Path:
     mime = Path("/etc/nginx/mime.types")
     (root / "mime.types").write_text(mime.read_text() if mime.exists() else "types { text/html html; }\n")
     if settings.site.tls:
-        cert, key = (root / "ssl" / Path(p).name for p in nginx.tls_paths(settings))
+        cert, key = (root / "ssl" / Path(p).relative_to(nginx.TLS_DIR) for p in nginx.tls_paths(settings))
+        cert.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=check",
                         "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     return root / nginx.NGINX_CONF

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pyinfra.api import FactBase
 
-from . import nginx
+from . import acme, nginx
 from .instances import HostInstances, Instance, drain_name, unit_name
 from .node import distro_version
 from .paths import SYSTEMD_UNITS
@@ -237,3 +237,31 @@ class DistroNode(FactBase[str | None]):
 
     def process(self, output):
         return distro_version("".join(output))
+
+
+class AcmeCerts(FactBase[acme.Certs]):
+    """The app's ACME certificate state (ssedeploy/acme.py's Certs): certbot's lineage (names, expiry,
+    serial, CA), the serial ssedeploy put live, the one nginx serves on ``port`` for ``name``, and whether
+    the live site serves the HTTP-01 challenge."""
+
+    def command(self, lineage: str, renewal: str, live_dir: str, port: int, server_name: str) -> str:
+        cert, q = f"{lineage}/cert.pem", shlex.quote
+        served = (f"openssl s_client -connect 127.0.0.1:{port} -servername {q(server_name)} </dev/null 2>/dev/null"
+                  " | openssl x509 -noout -serial 2>/dev/null")
+        return (
+            f"if command -v openssl >/dev/null && [ -f {cert} ]; then "
+            f"echo \"serial $(openssl x509 -in {cert} -noout -serial | cut -d= -f2)\"; "
+            f"echo \"enddate $(openssl x509 -in {cert} -noout -enddate | cut -d= -f2)\"; "
+            f"echo \"san $(openssl x509 -in {cert} -noout -ext subjectAltName | tail -n +2)\"; "
+            f"echo \"server $(sed -n 's/^server *= *//p' {renewal} 2>/dev/null)\"; fi; "
+            f"echo \"live $(readlink {live_dir}/live 2>/dev/null)\"; "
+            f"if command -v openssl >/dev/null; then echo \"served $({served} | cut -d= -f2)\"; fi; "
+            f"grep -qF {nginx.ACME_CHALLENGE_PATH} {nginx.LIVE}/{nginx.SITE} 2>/dev/null && echo 'challenge yes' || true"
+        )
+
+    @staticmethod
+    def default():
+        return acme.Certs()
+
+    def process(self, output):
+        return acme.read_state(output)

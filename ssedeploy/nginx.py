@@ -28,6 +28,10 @@ LINKS = {SITE_LINK: "../" + SITE}
 SITE_INCLUDES = ("conf.d/*.conf", "sites-enabled/*")
 REMOVED = ("sites-enabled/default",)
 TLS_DIR = "/etc/ssl/ssedeploy"
+# HTTP-01 tokens: certbot --webroot writes them here, the site's plain-HTTP server serves them (outside
+# /etc/nginx and the app's tree, so nothing else is served from it).
+ACME_WEBROOT = "/var/lib/ssedeploy/acme-challenge"
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 DROP_IN = "/etc/systemd/system/nginx.service.d/ssedeploy.conf"
 # After a crash systemd starts nginx again this many seconds later (the drop-in's Restart=on-failure).
 RESTART_SECONDS = 1
@@ -84,8 +88,22 @@ def upstream_name(settings: Settings) -> str:
     return f"{settings.app.name.replace('-', '_')}_upstream"
 
 
-def tls_paths(settings: Settings) -> tuple[str, str]:
+def acme_dir(settings: Settings) -> str:
+    """The certificates nginx serves in mode acme: one directory per serial, `live` links the one in use
+    (scripts/cert-install.sh switches it, so the pair nginx reads is always whole)."""
+    return f"{TLS_DIR}/{settings.app.name}-acme"
+
+
+def file_tls_paths(settings: Settings) -> tuple[str, str]:
+    """Where modes self-signed and files keep the certificate and key."""
     return f"{TLS_DIR}/{settings.app.name}.crt", f"{TLS_DIR}/{settings.app.name}.key"
+
+
+def tls_paths(settings: Settings) -> tuple[str, str]:
+    """The certificate (full chain) and key nginx serves."""
+    if settings.site.tls and settings.site.tls.mode == "acme":
+        return f"{acme_dir(settings)}/live/fullchain.pem", f"{acme_dir(settings)}/live/privkey.pem"
+    return file_tls_paths(settings)
 
 
 def address(host: str, port: int) -> str:
@@ -93,20 +111,25 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def render_tree(settings: Settings, version: str, lim: Limits, app_port: int | None = None
-                ) -> tuple[dict[str, str], str]:
+def render_tree(settings: Settings, version: str, lim: Limits, app_port: int | None = None,
+                tls_live: bool = True, tls_files: tuple[str, str] | None = None) -> tuple[dict[str, str], str]:
     """The files ssedeploy owns under /etc/nginx, and the revision that identifies them.
 
     `app_port`: the app instance the upstream sends to (default: the first instance's port).
+    `tls_live`: False while an ACME certificate does not exist yet: the site is served over plain HTTP (with
+    the HTTP-01 challenge location) until the certificate is issued; `tls_files`: the pair to serve meanwhile
+    instead (the self-signed or your own one a site served before moving to ACME).
     """
     app_port = app_port or settings.app.instance_ports[0]
     new_http2 = version_tuple(version) >= (1, 25, 1)  # `http2 on;` replaced `listen ... http2`
-    cert, key = tls_paths(settings)
+    cert, key = tls_files or tls_paths(settings)
     conf = render("nginx/nginx.conf.j2", settings=settings, limits=lim, live=LIVE, includes=SITE_INCLUDES)
     site = render(
         "nginx/site.conf.j2", settings=settings, upstream=upstream_name(settings),
         upstream_server=address(settings.app.bind, app_port), fallback_header=FALLBACK_HEADER,
         read_timeout=settings.proxy_read_timeout, new_http2=new_http2, cert=cert, key=key,
+        tls=settings.site.tls if tls_live else None, acme=bool(settings.site.tls and settings.site.tls.mode == "acme"),
+        acme_webroot=ACME_WEBROOT, acme_path=ACME_CHALLENGE_PATH,
     )
     digest = hashlib.sha256()
     for name, text in ((NGINX_CONF, conf), (SITE, site), *sorted(LINKS.items())):

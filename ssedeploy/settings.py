@@ -106,20 +106,58 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TLS(_Model):
-    """`self-signed` (made on the host, for sandbox/staging) or `files` (your certificate and key)."""
+# Let's Encrypt's production directory; its staging one (untrusted certificates, generous rate limits) is
+# https://acme-staging-v02.api.letsencrypt.org/directory.
+ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
-    mode: Literal["self-signed", "files"] = "self-signed"
+
+def _email(value: str) -> str:
+    if not _EMAIL_RE.fullmatch(value):
+        raise ValueError("must be an email address (the CA's account contact)")
+    return value
+
+
+def _https_url(value: str) -> str:
+    if not re.fullmatch(r"https://[^\s/?#]+(/[^\s]*)?", value):
+        raise ValueError("must be an https:// URL (an ACME directory)")
+    return value
+
+
+def _not_for_acme(name: str) -> bool:
+    """Names HTTP-01 cannot validate: the catch-all, wildcards, addresses, localhost."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name == "_" or "*" in name or name.rstrip(".").lower() == "localhost"
+
+
+class TLS(_Model):
+    """`self-signed` (made on the host, for sandbox/staging), `files` (your certificate and key), or `acme`
+    (issued and renewed by the distro's certbot from an ACME CA, HTTP-01 answered by ssedeploy's nginx)."""
+
+    mode: Literal["self-signed", "files", "acme"] = "self-signed"
     certificate: Annotated[str, AfterValidator(_existing_file)] | None = None
     key: Annotated[str, AfterValidator(_existing_file)] | None = None
     port: Port = 443
+    email: Annotated[str, AfterValidator(_email)] | None = None
+    directory: Annotated[str, AfterValidator(_https_url)] = ACME_DIRECTORY
+    # A private CA's directory (pebble, step-ca) is served with a certificate the host does not trust: the
+    # CA bundle (a file on the controller) certbot trusts for it, at issuance and in its renewal timer.
+    directory_ca: Annotated[str, AfterValidator(_existing_file)] | None = None
 
     @model_validator(mode="after")
     def _files_given(self) -> "TLS":
         if self.mode == "files" and not (self.certificate and self.key):
             raise ValueError("mode 'files' needs both certificate and key (paths on the controller)")
-        if self.mode == "self-signed" and (self.certificate or self.key):
+        if self.mode != "files" and (self.certificate or self.key):
             raise ValueError("certificate/key are only for mode 'files'")
+        if self.mode == "acme" and not self.email:
+            raise ValueError("mode 'acme' needs email: the address the CA registers the account with")
+        acme_only = {"email", "directory", "directory_ca"} & self.model_fields_set
+        if self.mode != "acme" and acme_only:
+            raise ValueError(f"{', '.join(sorted(acme_only))}: only for mode 'acme'")
         return self
 
 
@@ -299,6 +337,18 @@ class Settings(_Model):
         site = self.site
         if site.tls and site.tls.port == site.listen_port:
             raise _CrossFieldError(("site", "tls", "port"), site.tls.port, "must differ from site.listen_port")
+        if site.tls and site.tls.mode == "acme":
+            for i, name in enumerate(site.server_names):
+                if _not_for_acme(name):
+                    raise _CrossFieldError(
+                        ("site", "server_names", str(i)), name,
+                        "cannot be in an ACME certificate: HTTP-01 validates public DNS names only, so list "
+                        "every name the site answers to (no '_', wildcard, IP address or localhost), or use "
+                        "site.tls.mode 'files'")
+            if site.listen_port != 80:
+                raise _CrossFieldError(("site", "listen_port"), site.listen_port,
+                                       "must be 80 with site.tls.mode 'acme': the CA checks HTTP-01 challenges "
+                                       "on port 80 only")
         if site.revision_port in (site.listen_port, site.tls and site.tls.port):
             raise _CrossFieldError(("site", "revision_port"), site.revision_port,
                                    "must differ from the site's listen and TLS ports")

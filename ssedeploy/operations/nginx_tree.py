@@ -26,11 +26,12 @@ def served_app_port(settings: Settings) -> int:
     return live_port(found, app.instance_ports) or app.instance_ports[0]
 
 
-def staged(settings: Settings, app_port: int, state_dir: str = NGINX_STATE):
+def staged(settings: Settings, app_port: int, state_dir: str = NGINX_STATE, tls_live: bool = True,
+           tls_files: tuple[str, str] | None = None):
     """The tree rendered for this host with its upstream at `app_port`: (want, commands that stage it and
     upload nginx-swap.sh, the stage's path, revision). `want` maps each path the tree owns to its state."""
     version = host.get_fact(NginxVersion) or settings.nginx.version
-    files, revision = nginx.render_tree(settings, version, host_limits(settings), app_port)
+    files, revision = nginx.render_tree(settings, version, host_limits(settings), app_port, tls_live, tls_files)
     want = {f"{nginx.LIVE}/{rel}": ("F", hashlib.sha256(text.encode()).hexdigest()) for rel, text in files.items()}
     want |= {f"{nginx.LIVE}/{rel}": ("L", target) for rel, target in nginx.LINKS.items()}
     want |= {f"{nginx.LIVE}/{rel}": None for rel in nginx.REMOVED}
@@ -50,12 +51,15 @@ def staged(settings: Settings, app_port: int, state_dir: str = NGINX_STATE):
 
 
 @operation()
-def nginx_config(settings: Settings, state_dir: str = NGINX_STATE):
+def nginx_config(settings: Settings, state_dir: str = NGINX_STATE, tls_live: bool = True,
+                 tls_files: tuple[str, str] | None = None):
     """
     Put ssedeploy's nginx files live only if the whole tree passes ``nginx -t``.
 
     + settings: the host's ssedeploy settings
     + state_dir: where staging, backups and the live revision are kept (outside /etc/nginx)
+    + tls_live: False renders the site without its TLS server (an ACME certificate not issued yet)
+    + tls_files: the certificate and key to render instead of the settings' own (see nginx.render_tree)
 
     Renders for the installed nginx version, its upstream at the app instance nginx serves now (a release
     switches it: operations/app.py), then uploads the files to a staging
@@ -69,7 +73,8 @@ def nginx_config(settings: Settings, state_dir: str = NGINX_STATE):
 
         nginx_config(name="nginx config", settings=settings)
     """
-    want, commands, stage, revision = staged(settings, served_app_port(settings), state_dir)
+    want, commands, stage, revision = staged(settings, served_app_port(settings), state_dir, tls_live,
+                                             tls_files)
     # nginx-swap.sh's journal: a swap cut short left /etc/nginx part old, part new, untested.
     want |= {f"{state_dir}/swap-in-progress": None}
     current = host.get_fact(PathStates, paths=sorted(want))

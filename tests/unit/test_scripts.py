@@ -1206,3 +1206,182 @@ def test_revision_wait_fails_naming_both_revisions_after_its_timeout(served, tmp
 def test_revision_wait_fails_clearly_when_no_revision_was_recorded(served, tmp_path):
     _, err = revision_wait(served, tmp_path, timeout=1).communicate(timeout=30)
     assert "no config revision recorded" in err
+
+
+# -- acme-cert.sh (ACME certificates: issue, install, wait, renew) ---------------------------------------
+# Real openssl makes and reads the certificates; its s_client is stubbed to print what nginx "serves":
+# $STUB_SERVED, a path read at the time of the call (through the `live` link: an nginx that reloaded).
+ACME_STUBS = {
+    "openssl": r"""#!/bin/sh
+if [ "$1" = s_client ]; then
+    echo "openssl $*" >> "$STUB_LOG"
+    [ -n "${STUB_SERVED:-}" ] && [ -f "$STUB_SERVED" ] && cat "$STUB_SERVED"
+    exit 0
+fi
+exec /usr/bin/openssl "$@"
+""",
+    "nginx": r"""#!/bin/sh
+echo "nginx $*" >> "$STUB_LOG"
+if [ -e "$STUB_TMP/nginx-refuses" ]; then
+    echo "nginx: [emerg] SSL_CTX_use_PrivateKey failed (key values mismatch)" >&2; exit 1
+fi
+""",
+    "systemctl": r"""#!/bin/sh
+echo "systemctl $*" >> "$STUB_LOG"
+""",
+    # certbot certonly: writes a lineage from $STUB_TMP/next (a cert + key pair), or fails like the CA does.
+    "certbot": r"""#!/bin/sh
+echo "certbot $* CA_BUNDLE=${REQUESTS_CA_BUNDLE:-}" >> "$STUB_LOG"
+if [ -e "$STUB_TMP/ca-down" ]; then
+    echo "Saving debug log to /var/log/letsencrypt/letsencrypt.log"
+    echo "Certbot failed to authenticate some domains (authenticator: webroot)."
+    echo "  Domain: new.example.org"
+    echo "  Detail: DNS problem: NXDOMAIN looking up A for new.example.org" >&2
+    exit 1
+fi
+""",
+}
+
+
+def make_cert(path: Path, cn: str = "a.example.org") -> str:
+    """A self-signed EC certificate and key as fullchain.pem + privkey.pem in PATH; its serial."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "1", "-subj", f"/CN={cn}", "-keyout", str(path / "privkey.pem"),
+                    "-out", str(path / "fullchain.pem")], check=True, capture_output=True)
+    out = subprocess.run(["/usr/bin/openssl", "x509", "-in", str(path / "fullchain.pem"), "-noout", "-serial"],
+                         check=True, capture_output=True, text=True).stdout
+    return out.strip().removeprefix("serial=")
+
+
+@pytest.fixture
+def acme_env(tmp_path):
+    bin_dir = tmp_path / "acme-bin"
+    bin_dir.mkdir()
+    for name, text in ACME_STUBS.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "stub.log"),
+            "STUB_TMP": str(tmp_path)}
+
+
+def test_acme_install_puts_a_whole_pair_live_by_one_link_switch(acme_env, tmp_path):
+    dest = tmp_path / "ssl" / "sseapp-acme"
+    first = make_cert(tmp_path / "lineage")
+    result = run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest)
+    assert result.returncode == 0, result.stderr
+    assert os.readlink(dest / "live") == first
+    assert stat.S_IMODE((dest / first / "privkey.pem").stat().st_mode) == 0o600
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    assert (dest / "live" / "fullchain.pem").read_bytes() == (tmp_path / "lineage" / "fullchain.pem").read_bytes()
+    assert calls(acme_env, "nginx") == ["nginx -t"]
+    assert not calls(acme_env, "systemctl")  # install never reloads: the deploy's one reload does
+    # Again with the same lineage: nothing to do, nothing tested.
+    again = run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest)
+    assert again.returncode == 0 and f"certificate {first} is live" in again.stdout
+    assert calls(acme_env, "nginx") == ["nginx -t"]
+    # A renewal keeps the pair before it (a failed renewal goes back to it) and no older one.
+    second = make_cert(tmp_path / "lineage")
+    assert run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest).returncode == 0
+    third = make_cert(tmp_path / "lineage")
+    assert run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest).returncode == 0
+    assert os.readlink(dest / "live") == third
+    assert sorted(p.name for p in dest.iterdir()) == sorted([second, third, "live"])
+
+
+def test_acme_install_refused_by_nginx_puts_the_previous_certificate_back(acme_env, tmp_path):
+    dest = tmp_path / "ssl" / "sseapp-acme"
+    first = make_cert(tmp_path / "lineage")
+    assert run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest).returncode == 0
+    second = make_cert(tmp_path / "lineage")
+    (tmp_path / "nginx-refuses").touch()
+    result = run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest)
+    assert result.returncode == 1
+    assert f"nginx -t refused certificate {second}; the previous one ({first}) is back" in result.stderr
+    assert "key values mismatch" in result.stderr
+    assert os.readlink(dest / "live") == first
+
+
+@pytest.mark.parametrize("point", ["1", "2", "3"])
+def test_acme_install_cut_at_any_point_leaves_live_whole_and_the_next_run_converges(acme_env, tmp_path, point):
+    dest = tmp_path / "ssl" / "sseapp-acme"
+    first = make_cert(tmp_path / "lineage")
+    assert run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest).returncode == 0
+    second = make_cert(tmp_path / "lineage")
+    assert killed(run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest, fault=point))
+    assert os.readlink(dest / "live") in (first, second)
+    for name in ("fullchain.pem", "privkey.pem"):
+        assert (dest / "live" / name).is_file()  # whichever pair it names is whole
+    result = run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest)
+    assert result.returncode == 0, result.stderr
+    assert os.readlink(dest / "live") == second and not (dest / ".new").exists()
+
+
+def test_acme_renew_reloads_and_proves_the_new_serial_is_served(acme_env, tmp_path):
+    dest = tmp_path / "ssl" / "sseapp-acme"
+    make_cert(tmp_path / "lineage")
+    assert run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest).returncode == 0
+    second = make_cert(tmp_path / "lineage")
+    env = {**acme_env, "STUB_SERVED": str(dest / "live" / "fullchain.pem")}  # nginx serves what is live
+    result = run(env, "acme-cert.sh", "renew", tmp_path / "lineage", dest, 443, "a.example.org", 5)
+    assert result.returncode == 0, result.stderr
+    assert calls(env, "systemctl") == ["systemctl reload nginx"]
+    assert calls(env, "openssl s_client") == ["openssl s_client -connect 127.0.0.1:443 -servername a.example.org"]
+    assert os.readlink(dest / "live") == second
+
+
+def test_acme_renew_not_served_in_time_goes_back_to_the_previous_certificate(acme_env, tmp_path):
+    dest = tmp_path / "ssl" / "sseapp-acme"
+    first = make_cert(tmp_path / "lineage")
+    assert run(acme_env, "acme-cert.sh", "install", tmp_path / "lineage", dest).returncode == 0
+    shutil.copy(dest / first / "fullchain.pem", tmp_path / "old.pem")
+    second = make_cert(tmp_path / "lineage")
+    env = {**acme_env, "STUB_SERVED": str(tmp_path / "old.pem")}  # nginx keeps serving the old one
+    result = run(env, "acme-cert.sh", "renew", tmp_path / "lineage", dest, 443, "a.example.org", 1)
+    assert result.returncode == 1
+    assert (f"nginx does not serve certificate {second} for a.example.org on port 443 1 s after the reload "
+            f"(it serves: {first})") in result.stderr
+    assert os.readlink(dest / "live") == first
+    assert calls(env, "systemctl") == ["systemctl reload nginx", "systemctl reload nginx"]
+
+
+def test_acme_issue_asks_certbot_for_exactly_the_names_and_fails_with_the_cas_reason(acme_env, tmp_path):
+    from ssedeploy import acme
+
+    settings = parse({"site": {"server_names": ["a.example.org", "new.example.org"],
+                               "tls": {"mode": "acme", "email": "ops@example.org",
+                                       "directory": "https://ca.test:14000/dir",
+                                       "directory_ca": str(make_cert(tmp_path / "ca") and tmp_path / "ca" / "fullchain.pem")}}})
+    args = acme.issue_command(settings)[1:]
+    args[1] = str(tmp_path / "webroot")  # the host's webroot, here
+    ok = run(acme_env, "acme-cert.sh", *args)
+    assert ok.returncode == 0, ok.stderr
+    (line,) = calls(acme_env, "certbot")
+    assert ("certonly --non-interactive --agree-tos --email ops@example.org --server https://ca.test:14000/dir "
+            f"--webroot -w {tmp_path / 'webroot'} --cert-name sseapp --keep-until-expiring "
+            "-d a.example.org -d new.example.org") in line
+    assert line.endswith(f"CA_BUNDLE={acme.DIRECTORY_CA}")
+    (tmp_path / "ca-down").touch()
+    failed = run(acme_env, "acme-cert.sh", *args)
+    assert failed.returncode == 1
+    assert ("the ACME CA https://ca.test:14000/dir did not issue a certificate for a.example.org new.example.org"
+            in failed.stderr)
+    assert "Detail: DNS problem: NXDOMAIN looking up A for new.example.org" in failed.stderr
+    assert "Saving debug log" not in failed.stderr
+
+
+def test_the_renewal_hook_acts_on_its_own_lineage_only(acme_env, tmp_path):
+    from ssedeploy import acme
+
+    settings = parse({"site": {"server_names": ["a.example.org"], "tls": {"mode": "acme", "email": "o@example.org"}}})
+    hook = tmp_path / "hook"
+    hook.write_text(acme.renew_hook(settings).replace(acme.SCRIPT, str(tmp_path / "acme-cert.sh")))
+    (tmp_path / "acme-cert.sh").write_text('#!/bin/sh\necho "acme-cert.sh $*" >> "$STUB_LOG"\n')
+    (tmp_path / "acme-cert.sh").chmod(0o755)
+    other = subprocess.run(["/bin/sh", str(hook)], env={**acme_env, "RENEWED_LINEAGE": "/etc/letsencrypt/live/other"})
+    assert other.returncode == 0 and not calls(acme_env, "acme-cert.sh")
+    ours = subprocess.run(["/bin/sh", str(hook)], env={**acme_env, "RENEWED_LINEAGE": acme.lineage_dir(settings)})
+    assert ours.returncode == 0
+    assert calls(acme_env, "acme-cert.sh") == [
+        f"acme-cert.sh renew /etc/letsencrypt/live/sseapp /etc/ssl/ssedeploy/sseapp-acme 443 a.example.org "
+        f"{acme.SERVED_TIMEOUT}"]
