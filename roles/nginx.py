@@ -25,6 +25,7 @@ from ssedeploy import acme
 from ssedeploy import nginx as conf
 from ssedeploy.facts import AcmeCerts, NginxDefaultServers, NginxRevisions, revision_request
 from ssedeploy.operations import SCRIPTS, host_limits, nginx_config
+from ssedeploy.run_results import note
 from ssedeploy.paths import NGINX_STATE as STATE_DIR
 
 ROLE = "nginx"  # the @deploy's name: pyinfra reports each operation below as "nginx | <name>"
@@ -129,7 +130,9 @@ def acme_certificate(settings) -> tuple[list, acme.Plan]:
     certs = host.get_fact(AcmeCerts, lineage=acme.lineage_dir(settings),
                           renewal=f"{acme.LETSENCRYPT}/renewal/{acme.cert_name(settings)}.conf",
                           live_dir=conf.acme_dir(settings), port=tls.port, server_name=acme.first_name(settings))
-    decided = acme.plan(settings.site.server_names, tls.directory, certs, int(time.time()))
+    now = int(time.time())
+    decided = acme.plan(settings.site.server_names, tls.directory, certs, now)
+    note(host, acme.describe(certs, decided, now))
     if decided.challenge_first:
         # The CA fetches its token from the live site: put the challenge location live first, the site served
         # over TLS only with a certificate it has already (else plain HTTP until the certificate exists).
@@ -171,6 +174,8 @@ def nginx(settings):
         dest=conf.DROP_IN, mode="644",
     )
     systemd.daemon_reload(name="systemd daemon-reload", _if=drop_in.did_change)
+    if conf.plain_http_warning(settings):
+        note(host, conf.plain_http_warning(settings))
     acme_plan = None
     if settings.site.tls and settings.site.tls.mode == "acme":
         certificate, acme_plan = acme_certificate(settings)

@@ -98,6 +98,22 @@ def plan(names: list[str], directory: str, certs: Certs, now: int) -> Plan:
                 tls_now=certs.live is not None, stale=stale)
 
 
+def describe(certs: Certs, decided: Plan, now: int) -> str:
+    """The certificate state a run (and drift) reports for a host."""
+    lineage = certs.lineage
+    have = (f"certificate {lineage.serial} for {' '.join(lineage.names)}, "
+            f"{days_left(lineage.not_after, now):.0f} days left, from {lineage.server}" if lineage else "no certificate")
+    todo = [f"ask the CA ({decided.request})"] if decided.request else []
+    todo += ["put it live"] if decided.install and not decided.request else []
+    todo += ["reload nginx (it serves another serial)"] if decided.stale else []
+    return f"ACME: {have}" + (f"; to do: {', '.join(todo)}" if todo else "")
+
+
+def expiry(days: float) -> str:
+    """verify's verdict on the served certificate's days left: ok, warn (under WARN_DAYS), fail (under FAIL_DAYS)."""
+    return "fail" if days < FAIL_DAYS else "warn" if days < WARN_DAYS else "ok"
+
+
 def issue_command(settings: Settings) -> list[str]:
     """acme-cert.sh's `issue` arguments for this site."""
     tls = settings.site.tls

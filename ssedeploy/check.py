@@ -184,6 +184,8 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
             problems += tested
         for p in problems:
             out(f"host {name}: {p}")
+        if nginx.plain_http_warning(settings):
+            out(f"host {name}: {nginx.plain_http_warning(settings)}")
         for report in (build_report(name, settings), node_report(name, settings),
                        *([node_build_report(name, settings, data)] if settings.app.node != nodejs.DISTRO else [])):
             for p in report[0]:

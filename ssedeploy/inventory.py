@@ -3,10 +3,11 @@ inventory: ssedeploy/testinfra_hosts.py)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from . import node, sandbox
-from .settings import host_data
+from .settings import BASE_SITE_KEY, host_data
 
 # Host data: the Node.js download site of the host's sandbox instance (`sandbox status --json`'s node_mirror),
 # the default Node mirror for sandbox hosts, so inventories that set their own `app` data still use it.
@@ -19,6 +20,10 @@ ACME_CA_KEY = "sandbox_acme_ca"
 ACME_NAME_KEY = "sandbox_acme_name"
 ACME_SITE_KEY = "sandbox_acme_site"
 ACME_KEYS = {key.removeprefix("sandbox_"): key for key in (ACME_DIRECTORY_KEY, ACME_CA_KEY, ACME_NAME_KEY, ACME_SITE_KEY)}
+# Sandbox hosts serve HTTPS from their instance's CA unless this is "0" (plain HTTP, e.g. the e2e suite's
+# hosts that test the HTTP/1.1 path on port 80).
+HTTPS_ENV = "SSEDEPLOY_SANDBOX_HTTPS"
+SANDBOX_EMAIL = "sandbox@example.org"  # the CA account's contact; pebble sends no mail
 
 
 def node_mirror(settings, data) -> str:
@@ -69,20 +74,34 @@ def _make_inventory():
     return make_inventory
 
 
-def sandbox_hosts(name: str | None = None) -> list[tuple[str, dict]]:
-    """pyinfra host entries for the running hosts of a sandbox instance (host keys checked)."""
+def sandbox_hosts(name: str | None = None, https: bool | None = None) -> list[tuple[str, dict]]:
+    """pyinfra host entries for the running hosts of a sandbox instance (host keys checked). With `https`
+    (default: unless $SSEDEPLOY_SANDBOX_HTTPS is 0) each host's base site is HTTPS with a certificate from the
+    instance's ACME CA for its sandbox names (the first host's: the instance's site name first)."""
     name = name or sandbox.current_name()
+    if https is None:
+        https = os.environ.get(HTTPS_ENV, "1") != "0"
     hosts = sandbox.status(name)
     if not hosts:
         sys.exit(
             f"ssedeploy: sandbox {name!r} has no running host: start it with "
             f"`ssedeploy sandbox up --name {name}` (or `make demo`)"
         )
-    return [sandbox_host(h) for h in hosts]
+    return [sandbox_host(h, https) for h in hosts]
 
 
-def sandbox_host(info: dict) -> tuple[str, dict]:
+def sandbox_site(info: dict) -> dict | None:
+    """The site a sandbox host serves by default: HTTPS from its instance's ACME CA (None: no CA recorded)."""
+    if not (info.get("acme_directory") and info.get("acme_roots")):
+        return None
+    names = ([info["acme_site"]] if info.get("acme_first") else []) + [info["acme_name"]]
+    return {"server_names": names, "tls": {"mode": "acme", "email": SANDBOX_EMAIL, "directory": info["acme_directory"],
+                                           "directory_ca": info["acme_ca"], "roots": info["acme_roots"]}}
+
+
+def sandbox_host(info: dict, https: bool = True) -> tuple[str, dict]:
     """The pyinfra host entry of one host of `sandbox status --json`."""
+    site = sandbox_site(info) if https else None
     return (info["name"], {
         "ssh_hostname": info["address"],
         "ssh_port": info["port"],
@@ -93,4 +112,5 @@ def sandbox_host(info: dict) -> tuple[str, dict]:
         "_sudo": True,
         **({NODE_MIRROR_KEY: info["node_mirror"]} if info.get("node_mirror") else {}),
         **{key: info[field] for field, key in ACME_KEYS.items() if info.get(field)},
+        **({BASE_SITE_KEY: site} if site else {}),
     })

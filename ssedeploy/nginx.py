@@ -94,6 +94,15 @@ def acme_dir(settings: Settings) -> str:
     return f"{TLS_DIR}/{settings.app.name}-acme"
 
 
+def plain_http_warning(settings: Settings) -> str | None:
+    """What `check` and the deploy say when the SSE paths are served over plain HTTP only."""
+    if settings.site.tls:
+        return None
+    return (f"warning: the SSE paths ({' '.join(settings.site.sse_paths)}) are served over plain HTTP only: a "
+            "browser opens at most 6 HTTP/1.1 connections per origin, so a 7th EventSource (a 7th tab) never "
+            "opens; HTTPS brings HTTP/2, one connection for every stream (set site.tls, e.g. mode 'acme')")
+
+
 def file_tls_paths(settings: Settings) -> tuple[str, str]:
     """Where modes self-signed and files keep the certificate and key."""
     return f"{TLS_DIR}/{settings.app.name}.crt", f"{TLS_DIR}/{settings.app.name}.key"

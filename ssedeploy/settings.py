@@ -27,6 +27,9 @@ from pyinfra.api.exceptions import PyinfraError
 from . import node as nodejs
 
 DATA_KEYS = ("site", "nginx", "app")
+# Host data: a `site` that lies under every other layer (sandbox hosts: HTTPS from the instance's own ACME CA,
+# ssedeploy/inventory.py), so an inventory that sets its own `site` on top still gets it field by field.
+BASE_SITE_KEY = "ssedeploy_base_site"
 # The oldest nginx the templates support (Ubuntu 22.04's); what `check` renders for by default.
 OLDEST_NGINX = "1.18.0"
 
@@ -146,6 +149,9 @@ class TLS(_Model):
     # A private CA's directory (pebble, step-ca) is served with a certificate the host does not trust: the
     # CA bundle (a file on the controller) certbot trusts for it, at issuance and in its renewal timer.
     directory_ca: Annotated[str, AfterValidator(_existing_file)] | None = None
+    # The roots `ssedeploy verify` checks the served chain against (a file on the controller; default: the
+    # controller's trust store). A private CA's roots, e.g. the sandbox's pebble.
+    roots: Annotated[str, AfterValidator(_existing_file)] | None = None
 
     @model_validator(mode="after")
     def _files_given(self) -> "TLS":
@@ -155,7 +161,7 @@ class TLS(_Model):
             raise ValueError("certificate/key are only for mode 'files'")
         if self.mode == "acme" and not self.email:
             raise ValueError("mode 'acme' needs email: the address the CA registers the account with")
-        acme_only = {"email", "directory", "directory_ca"} & self.model_fields_set
+        acme_only = {"email", "directory", "directory_ca", "roots"} & self.model_fields_set
         if self.mode != "acme" and acme_only:
             raise ValueError(f"{', '.join(sorted(acme_only))}: only for mode 'acme'")
         return self
@@ -343,8 +349,8 @@ class Settings(_Model):
                     raise _CrossFieldError(
                         ("site", "server_names", str(i)), name,
                         "cannot be in an ACME certificate: HTTP-01 validates public DNS names only, so list "
-                        "every name the site answers to (no '_', wildcard, IP address or localhost), or use "
-                        "site.tls.mode 'files'")
+                        "every name the site answers to (no '_', wildcard, IP address or localhost), or choose "
+                        "another site.tls: mode 'files' (your certificate) or None (plain HTTP)")
             if site.listen_port != 80:
                 raise _CrossFieldError(("site", "listen_port"), site.listen_port,
                                        "must be 80 with site.tls.mode 'acme': the CA checks HTTP-01 challenges "
@@ -449,6 +455,10 @@ def host_data(host) -> dict:
     layers = [host.get_deploy_data() or {}, inventory.get_data(),
               *(inventory.get_group_data(group) for group in host.groups),
               inventory.get_host_data(host.name), inventory.get_override_data()]
+    base = dict(host.data.get(BASE_SITE_KEY) or {})
+    if any("tls" in (layer.get("site") or {}) for layer in layers):
+        base.pop("tls", None)  # a TLS mode of your own replaces the base's whole, not field by field
+    layers.insert(0, {"site": base} if base else {})
     data = host.data.dict()
     for key in DATA_KEYS:
         present = [layer[key] for layer in layers if key in layer]

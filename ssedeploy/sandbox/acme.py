@@ -94,6 +94,20 @@ def listener_ca(instance: str) -> Path:
     return acme_dir(instance) / LISTENER_CA
 
 
+def roots_path(instance: str) -> Path:
+    """The roots the running pebble issues under (written by `up`): what a client of the site trusts."""
+    return acme_dir(instance) / "roots.pem"
+
+
+def save_roots(instance: str, address: str) -> Path:
+    """Fetch the running pebble's roots into roots_path (a new pebble has new ones), by one rename."""
+    path = roots_path(instance)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(roots(address, listener_ca(instance))))
+    tmp.replace(path)
+    return path
+
+
 # The record is kept beside instance.json, not in it: a checkout of an older ssedeploy still reads the record.
 def record_path(instance: str) -> Path:
     return hosts.instance_dir(instance) / "acme.json"

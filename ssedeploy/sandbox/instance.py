@@ -148,7 +148,9 @@ def host_status(rec: Record, host: Host) -> dict:
     ca = acme.load(rec.instance)
     if ca:
         info.update(acme_directory=acme.directory_url(ca["address"]), acme_ca=ca["ca"],
-                    acme_name=acme.host_name(rec.instance, host.name), acme_site=acme.site_name(rec.instance))
+                    acme_roots=str(acme.roots_path(rec.instance)),
+                    acme_name=acme.host_name(rec.instance, host.name), acme_site=acme.site_name(rec.instance),
+                    acme_first=host.name == rec.hosts[0].name)
     return info
 
 
@@ -340,6 +342,7 @@ def start_acme(instance: str, rec: Record, state: Path, cert_validity: int | Non
                 running = None
                 log(f"{exc}\nstarting the ACME CA once more")
         acme.register(gateway, wanted)
+        acme.save_roots(instance, gateway)
     except acme.AcmeError as exc:
         raise SandboxError(str(exc)) from exc
     return record

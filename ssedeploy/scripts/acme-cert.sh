@@ -51,12 +51,20 @@ issue() {
     domains=
     for d in "$@"; do domains="$domains -d $d"; done
     log=$(mktemp)
-    # shellcheck disable=SC2086  # one -d per name
-    if certbot certonly --non-interactive --agree-tos --email "$email" --server "$directory" \
-        --webroot -w "$webroot" --cert-name "$name" --keep-until-expiring $domains >"$log" 2>&1; then
-        rm -f "$log"
-        return 0
-    fi
+    for attempt in 1 2; do
+        # shellcheck disable=SC2086  # one -d per name
+        if certbot certonly --non-interactive --agree-tos --email "$email" --server "$directory" \
+            --webroot -w "$webroot" --cert-name "$name" --keep-until-expiring $domains >"$log" 2>&1; then
+            rm -f "$log"
+            return 0
+        fi
+        # A CA that forgot the saved account (a test CA restarted; certbot 2.1 then fails with "can't set
+        # attribute"): the local account is useless, so it goes and certbot registers anew, once.
+        server=${directory#https://}
+        accounts=${ACME_ACCOUNTS:-/etc/letsencrypt/accounts}/${server%%/*}  # certbot's: accounts/HOST:PORT/PATH/ID
+        [ "$attempt" = 1 ] && grep -q "accountDoesNotExist\|can't set attribute" "$log" && [ -d "$accounts" ] || break
+        rm -rf "$accounts"
+    done
     echo "ssedeploy: the ACME CA $directory did not issue a certificate for $*; certbot said:" >&2
     grep -v '^ *$' "$log" | grep -v '^Saving debug log\|^Ask for help\|^See the logfile' | tail -n 25 >&2 || true
     rm -f "$log"

@@ -15,7 +15,7 @@ import pytest
 from ssedeploy import run_results
 from ssedeploy.facts import AppInstances, parse_instances
 from ssedeploy.instances import HostInstances, live_port, unit_name
-from ssedeploy.inventory import sandbox_host
+from ssedeploy.inventory import HTTPS_ENV, sandbox_host
 from ssedeploy.paths import app_dir
 from ssedeploy.settings import Settings, parse
 from ssedeploy.testinfra_hosts import testinfra_host
@@ -23,6 +23,10 @@ from ssedeploy.testinfra_hosts import testinfra_host
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INSTANCE = os.environ.get("SSEDEPLOY_TEST_SANDBOX", "e2e")
+# The suite's hosts serve plain HTTP (the HTTP/1.1 path on port 80 is what most tests read); the ACME tests
+# ask for the sandbox's default, HTTPS from the instance's CA, with HTTPS_ON.
+os.environ[HTTPS_ENV] = "0"
+HTTPS_ON = {HTTPS_ENV: "1"}
 
 
 def run(*args: str, check: bool = True, timeout: float = 900, instance: str = INSTANCE,

@@ -1229,9 +1229,14 @@ fi
     "systemctl": r"""#!/bin/sh
 echo "systemctl $*" >> "$STUB_LOG"
 """,
-    # certbot certonly: writes a lineage from $STUB_TMP/next (a cert + key pair), or fails like the CA does.
+    # certbot certonly: succeeds, or fails like the CA does, or (an account the CA forgot) like certbot 2.1 does.
     "certbot": r"""#!/bin/sh
 echo "certbot $* CA_BUNDLE=${REQUESTS_CA_BUNDLE:-}" >> "$STUB_LOG"
+if [ -d "$ACME_ACCOUNTS/ca.test:14000/dir/forgotten" ]; then
+    echo "An unexpected error occurred:"
+    echo "AttributeError: can't set attribute"
+    exit 1
+fi
 if [ -e "$STUB_TMP/ca-down" ]; then
     echo "Saving debug log to /var/log/letsencrypt/letsencrypt.log"
     echo "Certbot failed to authenticate some domains (authenticator: webroot)."
@@ -1262,7 +1267,7 @@ def acme_env(tmp_path):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "stub.log"),
-            "STUB_TMP": str(tmp_path)}
+            "STUB_TMP": str(tmp_path), "ACME_ACCOUNTS": str(tmp_path / "accounts")}
 
 
 def test_acme_install_puts_a_whole_pair_live_by_one_link_switch(acme_env, tmp_path):
@@ -1385,3 +1390,19 @@ def test_the_renewal_hook_acts_on_its_own_lineage_only(acme_env, tmp_path):
     assert calls(acme_env, "acme-cert.sh") == [
         f"acme-cert.sh renew /etc/letsencrypt/live/sseapp /etc/ssl/ssedeploy/sseapp-acme 443 a.example.org "
         f"{acme.SERVED_TIMEOUT}"]
+
+
+def test_acme_issue_registers_anew_once_when_the_ca_forgot_the_account(acme_env, tmp_path):
+    from ssedeploy import acme
+
+    settings = parse({"site": {"server_names": ["a.example.org"], "tls": {
+        "mode": "acme", "email": "ops@example.org", "directory": "https://ca.test:14000/dir"}}})
+    args = acme.issue_command(settings)[1:]
+    args[1] = str(tmp_path / "webroot")
+    (tmp_path / "accounts" / "ca.test:14000" / "dir" / "forgotten").mkdir(parents=True)
+    (tmp_path / "accounts" / "other.test" / "directory" / "kept").mkdir(parents=True)
+    result = run(acme_env, "acme-cert.sh", *args)
+    assert result.returncode == 0, result.stderr
+    assert len(calls(acme_env, "certbot")) == 2
+    assert not (tmp_path / "accounts" / "ca.test:14000").exists()
+    assert (tmp_path / "accounts" / "other.test" / "directory" / "kept").is_dir()  # another CA's account stays
