@@ -33,10 +33,12 @@ $(BIN)/.installed: pyproject.toml
 demo: deps
 	$(BIN)/ssedeploy sandbox up --name demo
 	SSEDEPLOY_SANDBOX=demo $(BIN)/pyinfra -y inventories/sandbox.py deploy.py
-	@addr=$$($(BIN)/ssedeploy sandbox status --name demo --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])'); \
-	echo; echo "The demo host is up: open http://$$addr/ (from this machine)"; \
-	echo "Watch events stream through nginx, one per second:"; \
-	echo "  curl -N -H 'Accept-Encoding: gzip' http://$$addr/api/stream"; \
+	@read -r addr site roots < <($(BIN)/ssedeploy sandbox status --name demo --json | $(BIN)/python -c \
+	  'import json,sys; h=json.load(sys.stdin)[0]; print(h["address"], h["acme_site"], h["acme_roots"])'); \
+	echo; echo "The demo host is up, serving HTTPS (HTTP/2) with a certificate from the sandbox's own ACME CA:"; \
+	echo "  https://$$site/ ($$site is $$addr; plain HTTP redirects there)"; \
+	echo "Watch events stream through nginx, one per second (trusting that CA's root):"; \
+	echo "  curl -N --cacert $$roots --resolve $$site:443:$$addr https://$$site/api/stream"; \
 	echo "Shell on the host: $(BIN)/ssedeploy sandbox ssh --name demo"; \
 	echo "Tear it down:      make demo-down"
 
@@ -50,7 +52,10 @@ nextjs: deps
 demo-nextjs: nextjs
 	$(BIN)/ssedeploy sandbox up --name demo
 	SSEDEPLOY_SANDBOX=demo $(BIN)/pyinfra -y inventories/sandbox_nextjs.py deploy.py
-	@echo "The Next.js example streams at http://$$($(BIN)/ssedeploy sandbox status --name demo --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])')/api/stream"
+	@read -r addr site roots < <($(BIN)/ssedeploy sandbox status --name demo --json | $(BIN)/python -c \
+	  'import json,sys; h=json.load(sys.stdin)[0]; print(h["address"], h["acme_site"], h["acme_roots"])'); \
+	echo "The Next.js example streams at https://$$site/api/stream:"; \
+	echo "  curl -N --cacert $$roots --resolve $$site:443:$$addr https://$$site/api/stream"
 
 demo-down: deps
 	$(BIN)/ssedeploy sandbox down --name demo

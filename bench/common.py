@@ -72,10 +72,11 @@ def hosts(name: str) -> list[dict]:
 
 
 def write_inventory(name: str, path: Path, limit: list[str] | None = None, data: dict | None = None) -> Path:
-    """A pyinfra inventory for the instance's hosts (optionally some of them, with extra host data)."""
+    """A pyinfra inventory for the instance's hosts (optionally some of them, with extra host data), over plain
+    HTTP as the benchmarks have always measured (the sandbox's HTTPS default would add TLS to every figure)."""
     path.write_text(
         "from ssedeploy.inventory import sandbox_hosts\n"
-        f"hosts = [(n, dict(d, **{data or {}!r})) for n, d in sandbox_hosts({name!r})"
+        f"hosts = [(n, dict(d, **{data or {}!r})) for n, d in sandbox_hosts({name!r}, https=False)"
         f" if {limit!r} is None or n in {limit!r}]\n"
     )
     return path

@@ -26,7 +26,12 @@ web = (
         "site": {
             "server_names": ["example.com", "www.example.com"],
             "sse_paths": ["/api/stream"],
-            # "tls": {"mode": "files", "certificate": "certs/example.com.crt", "key": "certs/example.com.key"},
+            # HTTPS (and so HTTP/2: every EventSource of a page on one connection) with a certificate from
+            # Let's Encrypt, renewed by certbot's timer through ssedeploy's validated reload. The names must
+            # point at these servers; try the staging CA first:
+            #   "directory": "https://acme-staging-v02.api.letsencrypt.org/directory"
+            # Or your own pair: {"mode": "files", "certificate": "certs/example.com.crt", "key": "certs/example.com.key"}
+            "tls": {"mode": "acme", "email": "ops@example.com"},
         },
         "nginx": {"expected_streams": 10000},
         # node: an LTS line (its newest official build, checked by SHA-256), an exact version, or "distro"

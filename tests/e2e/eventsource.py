@@ -11,6 +11,7 @@ thousand sockets, not a thousand threads. Everything they see is recorded with w
 (`Client`, `Connection`); `report()` turns the records into the figures of a release.
 
     fleet = Fleet(host, 80, "/api/stream", 1000, stagger_s=0.002).start()
+    # over HTTPS: Fleet(address, 443, ..., tls=ssl.create_default_context(cafile=roots), server_name=name)
     fleet.wait_streaming(30)
     prober = fleet.prober(every_s=0.2).start()
     since = fleet.mark(); release(); until = fleet.mark()
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import resource
+import ssl
 import sys
 import threading
 import time
@@ -103,9 +105,12 @@ class _Target:
     port: int
     path: str
     connect_timeout_s: float
+    tls: ssl.SSLContext | None = None  # HTTPS (HTTP/1.1, as a browser's EventSource without HTTP/2)
+    server_name: str | None = None  # Host header and SNI, when not the address
 
     def request(self, last_id: str) -> bytes:
-        host = self.host if self.port == 80 else f"{self.host}:{self.port}"
+        name = self.server_name or self.host
+        host = name if self.port == (443 if self.tls else 80) else f"{name}:{self.port}"
         headers = {"Host": host, "Accept": "text/event-stream", "Cache-Control": "no-cache",
                    "Accept-Encoding": "gzip, deflate"}  # what browsers send, minus br (no stdlib decoder)
         if last_id:
@@ -174,7 +179,8 @@ async def _connect(client: Client, conn: Connection, target: _Target, first_even
     """One request: read the answer until it ends; `conn.end` says how."""
     writer = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port),
+        tls = {"ssl": target.tls, "server_hostname": target.server_name or target.host} if target.tls else {}
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port, **tls),
                                                 target.connect_timeout_s)
         writer.write(target.request(client.last_id))
         head = await reader.readuntil(b"\r\n\r\n")
@@ -266,8 +272,9 @@ class Fleet:
     """`count` EventSource clients of HOST:PORT PATH, started `stagger_s` apart."""
 
     def __init__(self, host: str, port: int, path: str = "/api/stream", count: int = 1, *,
-                 stagger_s: float = 0.0, connect_timeout_s: float = 10.0) -> None:
-        self.target = _Target(host, port, path, connect_timeout_s)
+                 stagger_s: float = 0.0, connect_timeout_s: float = 10.0, tls: ssl.SSLContext | None = None,
+                 server_name: str | None = None) -> None:
+        self.target = _Target(host, port, path, connect_timeout_s, tls, server_name)
         self.stagger_s = stagger_s
         self.clients = [Client(i) for i in range(count)]
         self._loop: _Loop | None = None
@@ -309,6 +316,7 @@ class Fleet:
         """A Prober of the same stream on this fleet's loop (start it; fleet.stop() stops it too)."""
         prober = Prober(self.target.host, self.target.port, self.target.path, every_s=every_s,
                         timeout_s=timeout_s, connect_timeout_s=self.target.connect_timeout_s, _fleet=self)
+        prober.target = self.target  # the same scheme and name (HTTPS) as the fleet's
         self._probers.append(prober)
         return prober
 

@@ -158,6 +158,39 @@ def test_sandbox_style_host_settings_survive_an_inventory_that_adds_its_own(tmp_
     assert data["ssh_hostname"] == "198.18.0.2"  # pyinfra's own keys untouched
 
 
+def test_a_base_site_lies_under_every_layer_and_an_own_tls_replaces_its_whole(tmp_path):
+    """The sandbox's HTTPS default (ssedeploy_base_site): an inventory that sets its own `site` on top keeps it
+    field by field, whatever Python dict it builds; its own `tls` replaces the base's, and None drops it."""
+    from ssedeploy.settings import BASE_SITE_KEY
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    base = {"server_names": ["h-1.demo.ssedeploy.test"],
+            "tls": {"mode": "acme", "email": "s@example.org", "directory": "https://198.18.0.1:14000/dir",
+                    "directory_ca": str(ca)}}
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        f"sandbox = {{'ssh_hostname': '198.18.0.2', {BASE_SITE_KEY!r}: {base!r}}}\n"
+        "hosts = [('own-paths', {**sandbox, 'site': {'sse_paths': ['/events']}}),\n"
+        "         ('self-signed', {**sandbox, 'site': {'tls': {'mode': 'self-signed'}, 'server_names': ['_']}}),\n"
+        "         ('plain', {**sandbox, 'site': {'tls': None}})]\n"
+        "group = (['own-paths'], {'site': {'tls': {'port': 8443}}})\n"
+    )
+    hosts = {name: parse(data, name, offline=True) for name, data in inventory_hosts(str(inventory))}
+    # the group's tls replaces the base's whole: port 8443 with the default mode (self-signed)
+    assert hosts["own-paths"].site.tls.mode == "self-signed" and hosts["own-paths"].site.tls.port == 8443
+    assert hosts["own-paths"].site.sse_paths == ["/events"]
+    assert hosts["own-paths"].site.server_names == ["h-1.demo.ssedeploy.test"]
+    assert hosts["self-signed"].site.tls.mode == "self-signed" and hosts["self-signed"].site.server_names == ["_"]
+    assert hosts["plain"].site.tls is None
+    only_base = tmp_path / "base.py"
+    only_base.write_text(f"hosts = [('h-1', {{{BASE_SITE_KEY!r}: {base!r}, 'site': {{'sse_paths': ['/e']}}}})]\n")
+    (name, data), = inventory_hosts(str(only_base))
+    settings = parse(data, name, offline=True)
+    assert settings.site.tls.mode == "acme" and settings.site.tls.directory_ca == str(ca)
+    assert settings.site.sse_paths == ["/e"] and settings.site.server_names == ["h-1.demo.ssedeploy.test"]
+
+
 def test_check_refuses_a_near_miss_key_in_an_inventory(tmp_path, capsys):
     inventory = tmp_path / "inventory.py"
     inventory.write_text("hosts = [('web-1', {'sitee': {'sse_paths': ['/x']}})]\n")
