@@ -19,7 +19,7 @@ from ssedeploy.sandbox import acme, instance
 from .helpers import booted, host_of, ssedeploy
 from .polling import wait_until
 
-NAME = "acme"
+NAME = "e2e-ca"
 VALIDITY = 86400  # seconds: not pebble's default, so the config is seen to reach it
 REMOTE_CA = "/tmp/acme-listener-ca.pem"
 

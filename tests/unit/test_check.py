@@ -30,6 +30,14 @@ def test_example_prod_inventory_passes(capsys):
         assert "nginx -t ok" in out
 
 
+def test_sse_over_plain_http_only_is_warned_about_naming_the_six_connection_limit(tmp_path, capsys):
+    status, out = run_check(tmp_path, capsys, 'h = [("web-1", {}), ("web-2", {"site": {"tls": {}}})]\n')
+    assert status == 0  # a warning, not a failure
+    warned = [line for line in out.splitlines() if "plain HTTP only" in line]
+    assert len(warned) == 1 and warned[0].startswith("host web-1: warning: the SSE paths (/api/stream)")
+    assert "6 HTTP/1.1 connections per origin" in warned[0] and "site.tls" in warned[0]
+
+
 def test_bad_setting_fails_naming_host_field_and_value(tmp_path, capsys):
     status, out = run_check(tmp_path, capsys, 'h = [("web-9", {"site": {"sse_paths": ["/a;b"]}})]\n')
     assert status == 1
