@@ -37,7 +37,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
 import tempfile
@@ -447,22 +446,8 @@ def _exit_status(proc: dict | None) -> str:
 
 def stop_process(proc: dict | None, timeout: float = 10) -> None:
     """End a recorded process by its PID (SIGTERM, then SIGKILL); nothing if it is already gone."""
-    if not process_alive(proc):
-        return
-    pid = proc["pid"]
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while process_alive(proc) and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # our own child when `up` and `down` run in one process
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
     if process_alive(proc):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        hosts.end_process(proc["pid"], proc["start_time"], timeout)
 
 
 def stop(record: dict | None) -> None:

@@ -175,6 +175,33 @@ def stop(pid: int, start_time: int | None, timeout: float = 20) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def running(pid: int, start_time: int | None) -> bool:
+    """Has the process with this PID and start time not exited yet? A zombie has (its sockets are closed);
+    its command line reads empty already while it exits, before its files are closed, so that is no test."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] not in ("Z", "X") and int(fields[19]) == start_time
+
+
+def end_process(pid: int, start_time: int | None, timeout: float = 10) -> None:
+    """End one of our servers by PID (SIGTERM, then SIGKILL), and return once it has exited, so that its
+    address and port are free for the next one."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not running(pid, start_time):
+            break
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while running(pid, start_time) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+    _reap(pid)
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)

@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -234,19 +233,5 @@ def _exit_status(mirror: dict) -> str:
 
 def stop(mirror: dict | None, timeout: float = 10) -> None:
     """End the recorded server by its PID (SIGTERM, then SIGKILL); nothing if it is already gone."""
-    if not alive(mirror):
-        return
-    pid = mirror["pid"]
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while alive(mirror) and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # our own child when `up` and `down` run in one process
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
     if alive(mirror):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        hosts.end_process(mirror["pid"], mirror["start_time"], timeout)

@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -275,3 +276,25 @@ def test_hosts_whose_systemd_refuses_cgroup_v1_are_booted_on_the_unified_hierarc
     assert hosts.boot("t", "t-1", tmp_path, "ssd-t", tmp_path / "console.log", systemd) == 4242
     assert started["cmd"][:2] == ["systemd-nspawn", "--boot"]
     assert ("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY" in started["env"]) == unified
+
+
+def test_end_process_returns_once_the_process_has_exited_even_one_that_ignores_sigterm():
+    """A server is ended only when it has exited (its port free for the next): its command line reads empty
+    while it exits, so the exit is read from its state, and a zombie counts as exited."""
+    from ssedeploy.sandbox import hosts
+
+    from ..polling import wait_until
+
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; exec sleep 60"], stdout=subprocess.PIPE,
+                                start_new_session=True)
+    assert stubborn.stdout.readline() == b"ready\n"  # the trap is set
+    start = hosts.process_start_time(stubborn.pid)
+    assert hosts.running(stubborn.pid, start) and not hosts.running(stubborn.pid, start + 1)
+    hosts.end_process(stubborn.pid, start, timeout=0.5)
+    assert not hosts.running(stubborn.pid, start)
+    assert not Path(f"/proc/{stubborn.pid}").exists()  # SIGTERM was ignored: SIGKILL ended it, and it was reaped
+    done = subprocess.Popen(["true"])
+    done_start = hosts.process_start_time(done.pid)
+    wait_until(lambda: not hosts.running(done.pid, done_start), 10, "`true` exited (a zombie: not reaped yet)")
+    hosts.end_process(done.pid, done_start)  # nothing to end; reaped
+    assert done.poll() is not None or not Path(f"/proc/{done.pid}").exists()
