@@ -13,7 +13,7 @@ does after a run, a dry run and a failure alike (pyinfra_cli/cli.py: `disconnect
           "operations": [        # pyinfra's operation order, only the operations this host has
             {"name": "nginx | nginx config (staged, tested, swapped)", "result": "changed",
              "files": ["/etc/nginx/nginx.conf"]},
-            ...
+            ...                  # a failed one also has "error": the last lines its commands wrote to stderr
           ],
           "notes": ["skipped in drift mode: the release (no built app at ../myapp)"],
           "facts": {"releases": [...]},   # what a deploy file reported with `report` (JSON values)
@@ -61,6 +61,17 @@ def op_name(state, op_hash: str) -> str:
     meta = state.op_meta[op_hash]
     name = ", ".join(sorted(meta.names))
     return f"{name} ({', '.join(str(arg) for arg in meta.args)})" if meta.args else name
+
+
+ERROR_LINES = 40  # of a failed operation's stderr, in its "error"
+
+
+def op_error(op_data) -> list[str] | None:
+    """The last lines a failed operation's commands wrote to stderr (the host-side scripts' own reasons)."""
+    meta = op_data.operation_meta
+    if not meta.is_complete() or meta.did_succeed(_raise_if_not_complete=False) or meta._combined_output is None:
+        return None
+    return meta.stderr_lines[-ERROR_LINES:]
 
 
 def op_result(op_data, executed: bool) -> str:
@@ -139,7 +150,8 @@ class RunResults(BaseStateCallback):
             hosts[host.name] = {
                 "operations": [
                     {"name": op_name(state, op_hash), "result": op_result(ops[op_hash], executed),
-                     "files": self.files.get((host.name, op_hash), [])}
+                     "files": self.files.get((host.name, op_hash), []),
+                     **({"error": error} if (error := op_error(ops[op_hash])) is not None else {})}
                     for op_hash in order if op_hash in ops
                 ],
                 "notes": self.notes.get(host.name, []),

@@ -107,6 +107,11 @@ class Results:
         self.operations(host)
         return self.data["hosts"][host]["failed_at"]
 
+    def error(self, host: str) -> str:
+        """What the operation the host failed at wrote to stderr (its last lines)."""
+        failed = self.failed_at(host)
+        return "\n".join(next(o for o in self.operations(host) if o["name"] == failed).get("error", []))
+
     def changed(self) -> list[tuple[str, str]]:
         """(host, operation) of every operation that changed something (or would, dry)."""
         return [(h, o["name"]) for h in self.hosts for o in self.operations(h) if o["result"] in run_results.CHANGES]

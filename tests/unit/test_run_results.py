@@ -97,6 +97,20 @@ def test_a_failed_operation_names_the_host_and_what_came_after_did_not_run(out, 
     assert "--> @local FAILED at: breaks" in caplog.text
 
 
+def test_a_failed_operation_records_what_its_commands_wrote_to_stderr(out):
+    """The host-side scripts' reasons (e.g. the CA's refusal) reach programs through the results, not the console."""
+    state = local_state()
+    record_run(state)
+    add_op(state, server.shell, name="fine", commands=["echo quiet >&2"])
+    add_op(state, server.shell, name="breaks", commands=["seq 1 50 >&2; echo 'ssedeploy: the CA said no' >&2; false"])
+    finish(state)
+    data = json.loads(out.read_text())
+    fine, breaks = data["hosts"]["@local"]["operations"]
+    assert "error" not in fine  # only a failed operation's
+    assert breaks["error"][-1] == "ssedeploy: the CA said no" and len(breaks["error"]) == run_results.ERROR_LINES
+    assert Results(data).error("@local").endswith("ssedeploy: the CA said no")
+
+
 def test_a_dry_run_says_what_would_change_and_names_files_without_touching_anything(out, tmp_path):
     state, new = one_new_one_old(tmp_path)
     add_op(state, server.shell, name="if needed", commands=["true"], _if=lambda: True)
