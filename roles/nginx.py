@@ -127,9 +127,7 @@ def acme_certificate(settings) -> tuple[list, acme.Plan]:
                files.file(name="certbot.service drop-in", path=acme.CERTBOT_DROP_IN, present=False))
     systemd.daemon_reload(name="systemd daemon-reload (certbot)", _if=drop_in.did_change)
 
-    certs = host.get_fact(AcmeCerts, lineage=acme.lineage_dir(settings),
-                          renewal=f"{acme.LETSENCRYPT}/renewal/{acme.cert_name(settings)}.conf",
-                          live_dir=conf.acme_dir(settings), port=tls.port, server_name=acme.first_name(settings))
+    certs = host.get_fact(AcmeCerts, **acme.fact_args(settings))
     now = int(time.time())
     decided = acme.plan(settings.site.server_names, tls.directory, certs, now)
     note(host, acme.describe(certs, decided, now))

@@ -51,6 +51,12 @@ def first_name(settings: Settings) -> str:
     return settings.site.server_names[0]
 
 
+def fact_args(settings: Settings) -> dict:
+    """The AcmeCerts fact's arguments for this site (the deploy and verify read the same state)."""
+    return {"lineage": lineage_dir(settings), "renewal": f"{LETSENCRYPT}/renewal/{cert_name(settings)}.conf",
+            "live_dir": nginx.acme_dir(settings), "port": settings.site.tls.port, "server_name": first_name(settings)}
+
+
 @dataclass(frozen=True)
 class Lineage:
     """What certbot holds for the app: the certificate's names, expiry (Unix time), serial, and its CA."""

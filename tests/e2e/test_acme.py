@@ -3,8 +3,9 @@
 on Debian 12 and Ubuntu 24.04 hosts the first deploy serves plain HTTP with the HTTP-01 challenge, gets a
 certificate, then puts the TLS server live through the validated swap; HTTP/2 carries more than six streams on
 one connection; verify checks the chain, names and days left; a re-run asks the CA for nothing. On Debian 12:
-a renewal (certbot's own, through ssedeploy's hook) while 100 clients stream over HTTPS; a CA that cannot be
-reached fails the run, clearly, with the site untouched; drift names what a deploy would ask the CA for.
+a renewal (certbot's own, through ssedeploy's hook) while 100 clients stream over HTTPS; a name that does not
+point at the host and a CA that cannot be reached fail the run, clearly, with the site untouched; drift names
+what a deploy would ask the CA for.
 
 Instances `e2e-acme` (Debian 12) and `e2e-acmeu` (Ubuntu 24.04).
 """
@@ -28,7 +29,7 @@ from ssedeploy.settings import parse
 from ssedeploy.sse import _Blocks
 
 from .eventsource import Fleet, id_holes
-from .helpers import HTTPS_ON, booted, deploy_with, host_of, pyinfra_deploy, ssedeploy
+from .helpers import HTTPS_ON, booted, deploy_with, host_of, pyinfra_deploy, ssedeploy, write_inventory
 from .polling import wait_until
 
 DISTROS = {"debian12": "e2e-acme", "ubuntu24": "e2e-acmeu"}
@@ -191,6 +192,14 @@ def test_a_ca_that_cannot_be_reached_fails_the_run_clearly_and_the_site_serves_a
     names = {"site": {"server_names": [info["acme_site"], info["acme_name"], added]}}
     record = ca.load(name)
     rev, (_, serial, _) = revision(host), served(info, info["acme_site"])
+    # A name that does not point at the host (no DNS record where the CA looks): refused, nothing changes.
+    nowhere = f"nowhere.{name}.ssedeploy.test"
+    refused = deploy_with({"site": {"server_names": [info["acme_site"], info["acme_name"], nowhere]}}, tmp_path,
+                          instance=name, env=HTTPS_ON)
+    assert refused.returncode != 0
+    assert refused.results.failed_at(info["name"]).startswith(f"{role.ROLE} | {role.ISSUE} (names change:")
+    assert f"Domain: {nowhere}" in refused.results.error(info["name"]), refused.results.error(info["name"])
+    assert revision(host) == rev and served(info, info["acme_site"])[1] == serial
     ca.stop({"pebble": record["pebble"]})  # the CA goes away; its DNS stays
     wait_until(lambda: not ca.process_alive(record["pebble"]), 30, "pebble ended")
     fleet = Fleet(info["address"], 443, "/api/stream", 5, tls=context(info), server_name=info["acme_site"]).start()
@@ -207,8 +216,7 @@ def test_a_ca_that_cannot_be_reached_fails_the_run_clearly_and_the_site_serves_a
     assert revision(host) == rev and served(info, info["acme_site"])[1] == serial
     assert not [c for c in clients if c.gave_up] and all(id_holes(c) == (0, 0) for c in clients)
     # drift says what a deploy would ask for, and the certificate it has
-    drift = ssedeploy("drift", str(tmp_path / next(p.name for p in tmp_path.glob("inventory_*.py"))),
-                      instance=name, env=HTTPS_ON, check=False)
+    drift = ssedeploy("drift", str(write_inventory(names, tmp_path, name)), instance=name, env=HTTPS_ON, check=False)
     assert drift.returncode == 1 and "ACME: certificate" in drift.stdout, drift.stdout
     assert "ask the CA (names change" in drift.stdout and role.ISSUE in drift.stdout
     # The CA back (a new pebble: new roots, the saved account unknown to it), the name resolving: it converges.

@@ -7,11 +7,14 @@ this; every test is parametrized by host, so a failure names the host.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pyinfra.facts.hardware import Cpus
 
+from ssedeploy import acme
 from ssedeploy import nginx as conf
-from ssedeploy.facts import AppInstances, open_files_limit, parse_instances
+from ssedeploy.facts import AcmeCerts, AppInstances, open_files_limit, parse_instances
 from ssedeploy.instances import HostInstances, live_port
 from ssedeploy.paths import app_dir
 from ssedeploy.inventory import inventory_hosts
@@ -84,7 +87,16 @@ class Target:
         out.append(f"open client connections on :{port}: {streams}")
         old = self.host.run("pgrep -c -f '^nginx: worker process is shutting down' || true").stdout.strip()
         out.append(f"old nginx workers still shutting down: {old or 0}")
+        tls = self.settings.site.tls
+        if tls and tls.mode == "acme":  # the days left, also when nothing fails
+            certs, now = self.certs(), int(time.time())
+            out.append(acme.describe(certs, acme.plan(self.settings.site.server_names, tls.directory, certs, now), now))
         return out
+
+    def certs(self) -> acme.Certs:
+        """The ACME certificate state, as the deploy reads it (its own fact's command and parser)."""
+        fact = AcmeCerts()
+        return fact.process(self.host.check_output(fact.command(**acme.fact_args(self.settings))).splitlines())
 
 
 _targets: dict[str, Target] = {}

@@ -12,8 +12,6 @@ import warnings
 import pytest
 
 from ssedeploy import acme
-from ssedeploy.facts import AcmeCerts
-from ssedeploy.nginx import acme_dir
 
 
 def acme_target(target):
@@ -52,10 +50,7 @@ def test_every_name_gets_a_certificate_that_verifies_and_is_not_near_its_end(tar
 def test_nginx_serves_the_certificate_ssedeploy_put_live_which_is_certbots(target):
     acme_target(target)
     s = target.settings
-    fact = AcmeCerts()
-    command = fact.command(lineage=acme.lineage_dir(s), renewal=f"{acme.LETSENCRYPT}/renewal/{acme.cert_name(s)}.conf",
-                           live_dir=acme_dir(s), port=s.site.tls.port, server_name=acme.first_name(s))
-    certs = fact.process(target.host.check_output(command).splitlines())
+    certs = target.certs()
     assert certs.lineage, f"{target.name}: certbot holds no certificate named {acme.cert_name(s)}"
     assert set(certs.lineage.names) == set(s.site.server_names), \
         f"{target.name}: certbot's certificate is for {sorted(certs.lineage.names)}, not {sorted(s.site.server_names)}"
