@@ -433,15 +433,7 @@ def _exit_status(proc: dict | None) -> str:
     """How a server ended, if it did (it is this process's child when `up` started it)."""
     if process_alive(proc):
         return "runs"
-    try:
-        pid, status = os.waitpid(proc["pid"], os.WNOHANG)
-    except (ChildProcessError, TypeError, KeyError):
-        return "gone"
-    if pid == 0:
-        return "gone"
-    if os.WIFSIGNALED(status):
-        return f"killed by signal {os.WTERMSIG(status)}"
-    return f"exited with status {os.WEXITSTATUS(status)}"
+    return hosts.exit_status(proc["pid"]) if proc and proc.get("pid") else "is gone"
 
 
 def stop_process(proc: dict | None, timeout: float = 10) -> None:

@@ -202,6 +202,19 @@ def end_process(pid: int, start_time: int | None, timeout: float = 10) -> None:
     _reap(pid)
 
 
+def exit_status(pid: int) -> str:
+    """How an ended server of ours exited, if this process is its parent and has not reaped it yet."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "is gone"
+    if reaped == 0:
+        return "is gone"
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)

@@ -218,17 +218,7 @@ def wait_answering(mirror: dict, log_path: Path, timeout: float = 60) -> None:
 
 def _exit_status(mirror: dict) -> str:
     """How the server ended, if it did (it is this process's child when `up` started it)."""
-    if alive(mirror):
-        return "it still runs"
-    try:
-        pid, status = os.waitpid(mirror["pid"], os.WNOHANG)
-    except ChildProcessError:
-        return "it is gone"
-    if pid == 0:
-        return "it is gone"
-    if os.WIFSIGNALED(status):
-        return f"it was killed by signal {os.WTERMSIG(status)}"
-    return f"it exited with status {os.WEXITSTATUS(status)}"
+    return "it still runs" if alive(mirror) else f"it {hosts.exit_status(mirror['pid'])}"
 
 
 def stop(mirror: dict | None, timeout: float = 10) -> None:

@@ -110,7 +110,9 @@ class Results:
     def error(self, host: str) -> str:
         """What the operation the host failed at wrote to stderr (its last lines)."""
         failed = self.failed_at(host)
-        return "\n".join(next(o for o in self.operations(host) if o["name"] == failed).get("error", []))
+        if failed is None:
+            pytest.fail(f"{host} did not fail: no error to read")
+        return "\n".join(self._one(host, failed, ran=True)["error"])
 
     def changed(self) -> list[tuple[str, str]]:
         """(host, operation) of every operation that changed something (or would, dry)."""
