@@ -334,12 +334,12 @@ def start(address: str, directory: Path, log_dir: Path, validity: int = 0, runni
         if proc["pid"] not in kept:
             stop_process(proc)
     log_dir.mkdir(parents=True, exist_ok=True)
-    dns = running["challtestsrv"] if keep_dns else _spawn(dns_cmd, log_dir / CHALLTESTSRV_LOG)
+    dns = running["challtestsrv"] if keep_dns else hosts.spawn(dns_cmd, log_dir / CHALLTESTSRV_LOG)
     if keep_pebble:
         pebble = running["pebble"]
     else:
         (directory / "pebble.json").write_text(json.dumps(config, indent=1) + "\n")
-        pebble = {**_spawn(pebble_cmd, log_dir / PEBBLE_LOG, pebble_env()), "digest": digest}
+        pebble = {**hosts.spawn(pebble_cmd, log_dir / PEBBLE_LOG, pebble_env()), "digest": digest}
     return {"address": address, "validity": validity, "ca": str(directory / LISTENER_CA),
             "challtestsrv": dns, "pebble": pebble,
             "logs": [str(log_dir / CHALLTESTSRV_LOG), str(log_dir / PEBBLE_LOG)]}
@@ -349,18 +349,6 @@ def _runs_as(proc: dict | None, cmd: list[str]) -> bool:
     return process_alive(proc) and proc["cmdline"] == cmd
 
 
-def _spawn(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
-    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
-        proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    # Right after exec, /proc/PID/cmdline can still read empty: wait until it names the program, so that
-    # `process_alive` does not take a starting server for a gone one.
-    deadline = time.monotonic() + 5
-    while _cmdline(proc.pid) != cmd and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return {"pid": proc.pid, "start_time": hosts.process_start_time(proc.pid), "cmdline": cmd}
-
-
 def stale_processes(address: str) -> list[dict]:
     """pebble and challtestsrv processes listening on `address` (a sandbox bridge address: any there are ours)
     at the CA's ports."""
@@ -368,25 +356,17 @@ def stale_processes(address: str) -> list[dict]:
     out = subprocess.run(["ss", "-Hltunp", "src", address, f"( {ports} )"], capture_output=True, text=True)
     found = []
     for pid in sorted({int(p) for p in re.findall(r"pid=(\d+)", out.stdout)}):
-        cmdline = _cmdline(pid)
+        cmdline = hosts.cmdline(pid)
         if cmdline and os.path.basename(cmdline[0]) in ("pebble", "pebble-challtestsrv"):
             found.append({"pid": pid, "start_time": hosts.process_start_time(pid), "cmdline": cmdline})
     return found
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return raw.decode(errors="replace").split("\0")[:-1] if raw else None
 
 
 def process_alive(proc: dict | None) -> bool:
     """Is the recorded process still that one (same command line, not a later one that reused its PID)?"""
     if not proc or not proc.get("pid"):
         return False
-    return (_cmdline(proc["pid"]) == proc.get("cmdline")
+    return (hosts.cmdline(proc["pid"]) == proc.get("cmdline")
             and hosts.process_start_time(proc["pid"]) == proc.get("start_time"))
 
 

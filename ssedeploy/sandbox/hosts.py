@@ -175,6 +175,29 @@ def stop(pid: int, start_time: int | None, timeout: float = 20) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def cmdline(pid: int) -> list[str] | None:
+    """A process's command line (None: gone, or it reads empty, as while a process exits)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else None
+
+
+def spawn(cmd: list[str], log_path: Path, env: dict | None = None, timeout: float = 10) -> dict:
+    """Start a server of ours detached (own session, output appended to `log_path`) and return its record
+    ({pid, start_time, cmdline}) once it runs `cmd`: until its exec is done its command line is its parent's
+    (or reads empty), and a check of who it is would take a starting server for a gone one."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while cmdline(proc.pid) != cmd and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return {"pid": proc.pid, "start_time": process_start_time(proc.pid), "cmdline": cmd}
+
+
 def running(pid: int, start_time: int | None) -> bool:
     """Has the process with this PID and start time not exited yet? A zombie has (its sockets are closed);
     its command line reads empty already while it exits, before its files are closed, so that is no test."""

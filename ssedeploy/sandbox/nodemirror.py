@@ -177,10 +177,8 @@ def start(address: str, log_path: Path) -> dict:
         stop(server)
     # -u: its log says at once that it serves, or why it could not
     cmd = [sys.executable, "-u", "-m", "http.server", "--bind", address, "--directory", str(CACHE), str(PORT)]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
-        proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return {"pid": proc.pid, "start_time": hosts.process_start_time(proc.pid), "address": address}
+    server = hosts.spawn(cmd, log_path)
+    return {"pid": server["pid"], "start_time": server["start_time"], "address": address}
 
 
 def alive(mirror: dict | None) -> bool:

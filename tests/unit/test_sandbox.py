@@ -298,3 +298,19 @@ def test_end_process_returns_once_the_process_has_exited_even_one_that_ignores_s
     wait_until(lambda: not hosts.running(done.pid, done_start), 10, "`true` exited (a zombie: not reaped yet)")
     hosts.end_process(done.pid, done_start)  # nothing to end; reaped
     assert done.poll() is not None or not Path(f"/proc/{done.pid}").exists()
+
+
+def test_spawn_returns_once_the_server_runs_its_own_command(tmp_path):
+    """Right after fork the child's command line is its parent's: spawn waits for the exec, so whoever checks
+    the record at once (the mirror's wait_answering) does not take a starting server for a gone one."""
+    from ssedeploy.sandbox import hosts
+
+    cmd = ["sleep", "30"]
+    server = hosts.spawn(cmd, tmp_path / "logs" / "server.log")
+    try:
+        assert hosts.cmdline(server["pid"]) == cmd == server["cmdline"]
+        assert hosts.running(server["pid"], server["start_time"])
+        assert (tmp_path / "logs" / "server.log").exists()
+    finally:
+        hosts.end_process(server["pid"], server["start_time"])
+    assert not hosts.running(server["pid"], server["start_time"])

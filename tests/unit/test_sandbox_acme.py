@@ -190,8 +190,8 @@ def loopback_ca(tmp_path, monkeypatch):
     for name in ("PORT", "MANAGEMENT_PORT", "DNS_PORT", "DNS_MANAGEMENT_PORT"):
         monkeypatch.setattr(acme, name, free_port())
     started = []
-    real_spawn = acme._spawn
-    monkeypatch.setattr(acme, "_spawn", lambda *a, **kw: started.append(real_spawn(*a, **kw)) or started[-1])
+    real_spawn = acme.hosts.spawn
+    monkeypatch.setattr(acme.hosts, "spawn", lambda *a, **kw: started.append(real_spawn(*a, **kw)) or started[-1])
     yield acme.ensure("x", LOOPBACK), tmp_path / "logs"
     for proc in started:
         acme.stop_process(proc)
