@@ -407,6 +407,10 @@ def clean(instance: str, log=print) -> None:
     if nodemirror.alive(mirror):
         log(f"stopping the Node.js mirror (pid {mirror['pid']})")
         nodemirror.stop(mirror)
+    # One no record names (a run cut between starting it and recording it) is still bound to the address.
+    for server in nodemirror.stale_servers(mirror["address"]) if mirror else []:
+        log(f"stopping an unrecorded Node.js mirror (pid {server['pid']})")
+        nodemirror.stop(server)
     ca = acme.load(instance)
     if ca and any(acme.process_alive(ca.get(k)) for k in ("pebble", "challtestsrv")):
         log(f"stopping the ACME CA (pebble pid {ca['pebble']['pid']}, challtestsrv pid {ca['challtestsrv']['pid']})")
