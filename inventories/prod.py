@@ -19,16 +19,18 @@ SSH = {
 
 web = (
     [
-        ("web-1", {"ssh_hostname": "web-1.example.com", **SSH}),
-        ("web-2", {"ssh_hostname": "web-2.example.com", **SSH}),
+        # Each host serves its own names, so each gets its own certificate (HTTP-01 reaches the host a name
+        # points to). Several hosts behind one name: README, Certificates.
+        ("web-1", {"ssh_hostname": "web-1.example.com", **SSH,
+                   "site": {"server_names": ["example.com", "www.example.com"]}}),
+        ("web-2", {"ssh_hostname": "web-2.example.com", **SSH, "site": {"server_names": ["eu.example.com"]}}),
     ],
     {
         "site": {
-            "server_names": ["example.com", "www.example.com"],
             "sse_paths": ["/api/stream"],
             # HTTPS (and so HTTP/2: every EventSource of a page on one connection) with a certificate from
-            # Let's Encrypt, renewed by certbot's timer through ssedeploy's validated reload. The names must
-            # point at these servers; try the staging CA first:
+            # Let's Encrypt, renewed by certbot's timer through ssedeploy's validated reload. Each name must
+            # point at the host that asks for it. Try the staging CA first:
             #   "directory": "https://acme-staging-v02.api.letsencrypt.org/directory"
             # Or your own pair: {"mode": "files", "certificate": "certs/example.com.crt", "key": "certs/example.com.key"}
             "tls": {"mode": "acme", "email": "ops@example.com"},

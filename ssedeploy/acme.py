@@ -86,11 +86,16 @@ class Plan:
     stale: bool           # nginx serves another serial than the live one: a reload must converge it
 
 
+def same_names(a, b) -> bool:
+    """DNS names compare without case or a final dot (the CA issues them lower-case)."""
+    return {n.lower().rstrip(".") for n in a} == {n.lower().rstrip(".") for n in b}
+
+
 def plan(names: list[str], directory: str, certs: Certs, now: int) -> Plan:
     lineage = certs.lineage
     if lineage is None:
         request = "no certificate yet"
-    elif set(lineage.names) != set(names):
+    elif not same_names(lineage.names, names):
         request = f"names change: {' '.join(sorted(lineage.names))} -> {' '.join(sorted(names))}"
     elif lineage.server != directory:
         request = f"CA changes: {lineage.server} -> {directory}"

@@ -167,6 +167,7 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
         out(f"ssedeploy check: no host in {inventory_path}")
         return 1
     failed = 0
+    acme_names: dict[str, list[str]] = {}
     for name, data in hosts:
         try:
             settings = parse(data, name)
@@ -174,6 +175,9 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
             out(str(exc))
             failed += 1
             continue
+        if settings.site.tls and settings.site.tls.mode == "acme":
+            for server_name in settings.site.server_names:
+                acme_names.setdefault(server_name.lower().rstrip("."), []).append(name)
         version = settings.nginx.version
         lim = nginx.limits(settings, OFFLINE_CPUS, None)
         files, revision = nginx.render_tree(settings, version, lim)
@@ -196,4 +200,9 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
         note = f" ({skipped})" if skipped else ("" if tested else ", nginx -t ok")
         out(f"host {name}: {'FAILED' if problems else 'ok'}: nginx {version}, revision {revision}{note}")
         failed += bool(problems)
+    for server_name, names in acme_names.items():
+        if len(names) > 1:
+            out(f"warning: hosts {', '.join(names)} each ask the ACME CA for {server_name}: HTTP-01 reaches only the "
+                "host the name points to, so the others' requests fail; give each host its own names, or use "
+                "site.tls.mode 'files' with one certificate for all")
     return 1 if failed else 0

@@ -52,7 +52,7 @@ def test_nginx_serves_the_certificate_ssedeploy_put_live_which_is_certbots(targe
     s = target.settings
     certs = target.certs()
     assert certs.lineage, f"{target.name}: certbot holds no certificate named {acme.cert_name(s)}"
-    assert set(certs.lineage.names) == set(s.site.server_names), \
+    assert acme.same_names(certs.lineage.names, s.site.server_names), \
         f"{target.name}: certbot's certificate is for {sorted(certs.lineage.names)}, not {sorted(s.site.server_names)}"
     assert certs.live == certs.lineage.serial, \
         f"{target.name}: live certificate {certs.live} is not certbot's current one {certs.lineage.serial}"

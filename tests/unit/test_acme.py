@@ -23,8 +23,10 @@ def lineage(names=NAMES, days=60, serial="AA", server=CA):
     (acme.Certs(), "no certificate yet", True, True, False, False),
     # the same names, far from expiry, live and served: nothing at all (no request: the CA's rate limits)
     (acme.Certs(lineage(), live="AA", served="AA", challenge_live=True), None, False, False, True, False),
-    # the order of names does not matter
+    # the order of names, their case and a final dot do not matter (the CA issues lower-case names)
     (acme.Certs(lineage(NAMES[::-1]), live="AA", served="AA", challenge_live=True), None, False, False, True, False),
+    (acme.Certs(lineage(["A.example.org.", "b.EXAMPLE.org"]), live="AA", served="AA", challenge_live=True), None,
+     False, False, True, False),
     # a name added: request (the live tree answers the challenge already: no tree change before certbot)
     (acme.Certs(lineage(NAMES[:1]), live="AA", served="AA", challenge_live=True),
      "names change: a.example.org -> a.example.org b.example.org", True, False, True, False),

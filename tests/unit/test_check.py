@@ -38,6 +38,16 @@ def test_sse_over_plain_http_only_is_warned_about_naming_the_six_connection_limi
     assert "6 HTTP/1.1 connections per origin" in warned[0] and "site.tls" in warned[0]
 
 
+def test_hosts_asking_the_ca_for_the_same_name_are_warned_about(tmp_path, capsys):
+    tls = '{"mode": "acme", "email": "ops@example.org"}'
+    status, out = run_check(tmp_path, capsys, (
+        f'h = [("web-1", {{"site": {{"server_names": ["example.org", "web-1.example.org"], "tls": {tls}}}}}),\n'
+        f'     ("web-2", {{"site": {{"server_names": ["Example.org", "web-2.example.org"], "tls": {tls}}}}})]\n'))
+    warned = [line for line in out.splitlines() if "each ask the ACME CA" in line]
+    assert warned == [warned[0]] and warned[0].startswith("warning: hosts web-1, web-2 each ask the ACME CA for "
+                                                          "example.org: HTTP-01 reaches only the host")
+
+
 def test_bad_setting_fails_naming_host_field_and_value(tmp_path, capsys):
     status, out = run_check(tmp_path, capsys, 'h = [("web-9", {"site": {"sse_paths": ["/a;b"]}})]\n')
     assert status == 1
