@@ -8,7 +8,8 @@ per host (ssedeploy/deploy_lock.py).
 
 The app's Node is resolved and judged against its declared engines, and a Next.js build's SSE routes
 against what streams (roles/app.py, ssedeploy/nextbuild.py), while planning, before any host changes;
-the Node is installed first (roles/node.py): a download that fails its checksum stops the run there.
+the host firewall goes first (roles/firewall.py: a ruleset that would cut SSH undoes itself), then the Node
+(roles/node.py): a download that fails its checksum stops the run there.
 nginx goes next, its upstream at the instance it serves now; the app's release then
 starts on the idle instance and switches nginx to it once checked (roles/app.py).
 """
@@ -16,6 +17,7 @@ starts on the idle instance and switches nginx to it once checked (roles/app.py)
 from pyinfra import host, inventory
 
 from roles.app import DRIFT, app, build_preflight
+from roles.firewall import firewall
 from roles.nginx import nginx
 from roles.node import node, preflight, runtime
 from ssedeploy.deploy_lock import hold
@@ -33,6 +35,7 @@ preflight(settings, node_runtime, drift=DRIFT)
 build_preflight(settings)
 hold(host, shared=DRIFT)
 
+firewall(settings)
 node(settings, node_runtime)
 nginx(settings)
 app(settings, node_runtime)

@@ -265,3 +265,45 @@ class AcmeCerts(FactBase[acme.Certs]):
 
     def process(self, output):
         return acme.read_state(output)
+
+
+class FirewallState(FactBase[dict]):
+    """``{"live_sha": sha256 of the boot file or None, "applied": the table as listed when last confirmed,
+    "kernel": the table as nft lists it now (None: not loaded), "conntrack_max": int or None,
+    "conntrack_writable": bool}`` (ssedeploy/firewall.py decides from it)."""
+
+    def command(self, live_file: str, state_dir: str, table: str) -> str:
+        return (
+            f'echo "live $(sha256sum {live_file} 2>/dev/null | cut -d" " -f1)"; '
+            f"if [ -f {state_dir}/applied.list ]; then echo '== applied'; cat {state_dir}/applied.list; fi; "
+            f"if command -v nft >/dev/null && nft list table inet {table} > /dev/null 2>&1; then "
+            f"echo '== kernel'; nft list table inet {table}; fi; echo '== end'; "
+            'echo "conntrack $(cat /proc/sys/net/netfilter/nf_conntrack_max 2>/dev/null)"; '
+            "[ -w /proc/sys/net/netfilter/nf_conntrack_max ] && echo writable || true"
+        )
+
+    @staticmethod
+    def default():
+        return {"live_sha": None, "applied": None, "kernel": None, "conntrack_max": None, "conntrack_writable": False}
+
+    def process(self, output):
+        out, section = self.default(), None
+        texts: dict[str, list[str]] = {}
+        for line in output:
+            if line.startswith("== "):
+                section = line[3:].strip()
+                if section in ("applied", "kernel"):
+                    texts[section] = []
+                continue
+            if section in texts:
+                texts[section].append(line)
+            elif line.startswith("live "):
+                out["live_sha"] = line[5:].strip() or None
+            elif line.startswith("conntrack "):
+                value = line[10:].strip()
+                out["conntrack_max"] = int(value) if value.isdigit() else None
+            elif line.strip() == "writable":
+                out["conntrack_writable"] = True
+        for key, lines in texts.items():
+            out[key] = "\n".join(lines) + "\n"
+        return out

@@ -26,7 +26,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from . import node as nodejs
 
-DATA_KEYS = ("site", "nginx", "app")
+DATA_KEYS = ("site", "nginx", "app", "firewall")
 # Host data: a `site` that lies under every other layer (sandbox hosts: HTTPS from the instance's own ACME CA,
 # ssedeploy/inventory.py), so an inventory that sets its own `site` on top still gets it field by field.
 BASE_SITE_KEY = "ssedeploy_base_site"
@@ -327,10 +327,43 @@ class App(_Model):
         return tuple(self.ports) if self.ports else (self.port, self.port + 1)
 
 
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address or network (10.0.0.0/8, 2001:db8::/32)") from None
+
+
+def _allow_entry(value):
+    """`9100` in an inventory means {"port": 9100}."""
+    return {"port": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class Allow(_Model):
+    """One more thing the firewall admits: a port (TCP unless proto says udp), from anywhere or from `source`."""
+
+    port: Port
+    proto: Literal["tcp", "udp"] = "tcp"
+    source: Annotated[str, AfterValidator(_network)] | None = None
+
+
+class Firewall(_Model):
+    """ssedeploy's own nftables table (ssedeploy/firewall.py): SSH, the site's ports, loopback, replies and the
+    ICMP the network needs; `allow` adds more. `enabled: False` removes the table."""
+
+    enabled: bool = True
+    allow: list[Annotated[Allow, BeforeValidator(_allow_entry)]] = []
+    # The port sshd listens on when it is not the inventory's ssh_port (a port forward in between).
+    ssh_port: Port | None = None
+    # Seconds the controller has to reach the host over a new SSH connection before a new ruleset undoes itself.
+    confirm_seconds: int = Field(default=30, ge=5, le=600)
+
+
 class Settings(_Model):
     site: Site = Site()
     nginx: Nginx = Nginx()
     app: App = App()
+    firewall: Firewall = Firewall()
 
     @model_validator(mode="after")
     def _timeout_outlasts_heartbeats(self) -> "Settings":

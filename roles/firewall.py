@@ -1,0 +1,103 @@
+"""ssedeploy's host firewall (ssedeploy/firewall.py): one nftables table of its own, on by default.
+
+A new ruleset goes live through scripts/firewall-apply.sh in a transient unit that undoes it unless the
+controller reaches the host again over a NEW SSH connection within `firewall.confirm_seconds` (established
+connections survive any ruleset, so the deploy's own connection proves nothing). Nothing is applied when the
+boot file and the kernel's table are as declared; `drift` names a rule changed on the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import shlex
+import time
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import OperationError
+from pyinfra.operations import apt, files, python, server, systemd
+
+from roles import APT_LOCK_WAIT
+from ssedeploy import firewall as fw
+from ssedeploy.facts import FirewallState
+from ssedeploy.operations import SCRIPTS
+from ssedeploy.paths import SYSTEMD_UNITS
+from ssedeploy.render import render
+from ssedeploy.run_results import note
+from ssedeploy.testinfra_hosts import testinfra_host
+
+ROLE = "firewall"
+APPLY = "Firewall rules applied (undone unless confirmed)"
+CONFIRM = "Firewall confirmed over a new SSH connection"
+KEPT = "Firewall rules kept"
+REMOVE = "Firewall table removed (firewall.enabled is false)"
+UNIT_PATH = f"{SYSTEMD_UNITS}/{fw.UNIT}"
+
+
+def ssh_port(settings) -> int:
+    return settings.firewall.ssh_port or int(host.data.get("ssh_port") or 22)
+
+
+def confirm(host_name: str, data: dict, path: str, seconds: int) -> None:
+    """Reach the host over a new SSH connection (host key checked) and create `path`, retrying until shortly
+    before the host's own deadline; fail naming the host if no connection gets through."""
+    end, last = time.monotonic() + max(1, seconds - 5), None
+    while time.monotonic() < end:
+        try:
+            testinfra_host(host_name, data).run_expect([0], f"touch {shlex.quote(path)}")
+            return
+        except Exception as exc:  # refused, timed out, dropped: try again until the deadline
+            last = exc
+            time.sleep(1)
+    raise OperationError(f"{host_name}: no new SSH connection got through the new firewall rules within {seconds} s "
+                         f"({last}); the host puts the previous rules back by itself. Check firewall.ssh_port "
+                         "and firewall.allow")
+
+
+@deploy(ROLE)
+def firewall(settings):
+    state = host.get_fact(FirewallState, live_file=fw.LIVE_FILE, state_dir=fw.STATE, table=fw.TABLE)
+    if not settings.firewall.enabled:
+        if state["kernel"] is not None:
+            server.shell(name=REMOVE, commands=[f"nft delete table inet {fw.TABLE}"])
+        unit = files.file(name=f"{fw.UNIT} removed", path=UNIT_PATH, present=False)
+        systemd.daemon_reload(name="systemd daemon-reload (firewall)", _if=unit.did_change)
+        files.file(name=f"{fw.LIVE_FILE} removed", path=fw.LIVE_FILE, present=False)
+        return
+    apt.update(name="apt lists are fresh (firewall)", cache_time=3600)
+    apt.packages(name="Install nftables", packages=["nftables"], extra_install_args=APT_LOCK_WAIT)
+    unit = files.put(name=fw.UNIT, src=StringIO(render("systemd/ssedeploy-firewall.service.j2", table=fw.TABLE,
+                                                       live_file=fw.LIVE_FILE)), dest=UNIT_PATH, mode="644")
+    systemd.daemon_reload(name="systemd daemon-reload (firewall)", _if=unit.did_change)
+    systemd.service(name=f"{fw.UNIT} enabled (loads the table at boot)", service=fw.UNIT, enabled=True)
+
+    text = fw.ruleset(settings, ssh_port(settings))
+    why = fw.needs_apply(hashlib.sha256(text.encode()).hexdigest(), state["live_sha"], state["applied"],
+                         state["kernel"])
+    changed = fw.changed_rules(state["applied"], state["kernel"])
+    if changed:
+        note(host, f"firewall: rules changed on the host: {'; '.join(changed)}")
+    if why:
+        token, seconds = secrets.token_hex(4), settings.firewall.confirm_seconds
+        new, script, confirm_path = f"{fw.STATE}/new.nft", f"{fw.STATE}/firewall-apply.sh", f"{fw.STATE}/confirmed-{token}"
+        files.put(name="Firewall rules staged", src=StringIO(text), dest=new, mode="600")
+        files.put(name="firewall-apply.sh", src=str(SCRIPTS / "firewall-apply.sh"), dest=script, mode="700")
+        server.shell(name=f"{APPLY}: {why}", commands=[
+            # Detached (not --wait): it must outlive a connection the new rules cut. The last verdict goes
+            # first, so the wait below reads this run's.
+            f"rm -f {fw.STATE}/result && systemd-run --quiet --collect --unit=ssedeploy-firewall-apply-{token} "
+            f"sh {script} {new} {fw.LIVE_FILE} {fw.STATE} {confirm_path} {seconds}"])
+        python.call(name=CONFIRM, function=confirm, host_name=host.name, data=host.data.dict(), path=confirm_path,
+                    seconds=seconds)
+        server.shell(name=KEPT, commands=[shlex.join(["sh", "-c", (SCRIPTS / "firewall-wait.sh").read_text(),
+                                                      "firewall-wait", f"{fw.STATE}/result", str(seconds + 15)])])
+    want = fw.conntrack_max(settings, state["conntrack_max"])
+    if want and state["conntrack_writable"]:
+        server.sysctl(name="nf_conntrack_max for the expected streams", key="net.netfilter.nf_conntrack_max",
+                      value=want, persist=True, persist_file="/etc/sysctl.d/90-ssedeploy.conf")
+    elif want:
+        note(host, f"firewall: nf_conntrack_max is {state['conntrack_max']}, below {want} for "
+                   f"{settings.nginx.expected_streams} expected streams, and this host does not let a deploy raise it")
+
