@@ -16,7 +16,10 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api import StringCommand
 from pyinfra.api.exceptions import OperationError
+from pyinfra.connectors.ssh import SSHConnector
+from pyinfra.context import ctx_host
 from pyinfra.operations import apt, files, python, server, systemd
 
 from roles import APT_LOCK_WAIT
@@ -26,7 +29,6 @@ from ssedeploy.operations import SCRIPTS
 from ssedeploy.paths import SYSTEMD_UNITS
 from ssedeploy.render import render
 from ssedeploy.run_results import note
-from ssedeploy.testinfra_hosts import testinfra_host
 
 ROLE = "firewall"
 APPLY = "Firewall rules applied (undone unless confirmed)"
@@ -40,20 +42,33 @@ def ssh_port(settings) -> int:
     return settings.firewall.ssh_port or int(host.data.get("ssh_port") or 22)
 
 
-def confirm(host_name: str, data: dict, path: str, seconds: int) -> None:
-    """Reach the host over a new SSH connection (host key checked) and create `path`, retrying until shortly
-    before the host's own deadline; fail naming the host if no connection gets through."""
+def confirm(target, path: str, seconds: int) -> None:
+    """Reach `target` over a NEW SSH connection, made by pyinfra's own connector from the same inventory data
+    (host key, jump host, agent), and create `path` with sudo; retry until shortly before the host's own
+    deadline, and fail naming the host if no connection gets through."""
+    if not isinstance(target.connector, SSHConnector):
+        raise OperationError(f"{target.name}: the firewall's confirmation needs an SSH host (or firewall.enabled: false)")
     end, last = time.monotonic() + max(1, seconds - 5), None
     while time.monotonic() < end:
+        fresh = SSHConnector(target.state, target)
+        fresh.data = {**fresh.data, "ssh_connect_retries": 0}
         try:
-            testinfra_host(host_name, data).run_expect([0], f"touch {shlex.quote(path)}")
-            return
+            fresh.connect()
+            ok, output = fresh.run_shell_command(StringCommand("touch", path), _sudo=bool(target.data.get("_sudo")))
+            if ok:
+                return
+            last = " ".join(output.stderr_lines) or "touch failed"
         except Exception as exc:  # refused, timed out, dropped: try again until the deadline
             last = exc
-            time.sleep(1)
-    raise OperationError(f"{host_name}: no new SSH connection got through the new firewall rules within {seconds} s "
-                         f"({last}); the host puts the previous rules back by itself. Check firewall.ssh_port "
-                         "and firewall.allow")
+        finally:
+            if fresh.client:
+                fresh.client.close()
+        time.sleep(1)
+    message = (f"{target.name}: no new SSH connection got through the new firewall rules within {seconds} s "
+               f"({last}); the host puts the previous rules back by itself. Check firewall.ssh_port and "
+               "firewall.allow")
+    note(target, message)  # pyinfra logs a callback's exception only on the console: the results get it here
+    raise OperationError(message)
 
 
 @deploy(ROLE)
@@ -89,8 +104,7 @@ def firewall(settings):
             # first, so the wait below reads this run's.
             f"rm -f {fw.STATE}/result && systemd-run --quiet --collect --unit=ssedeploy-firewall-apply-{token} "
             f"sh {script} {new} {fw.LIVE_FILE} {fw.STATE} {confirm_path} {seconds}"])
-        python.call(name=CONFIRM, function=confirm, host_name=host.name, data=host.data.dict(), path=confirm_path,
-                    seconds=seconds)
+        python.call(name=CONFIRM, function=confirm, target=ctx_host.get(), path=confirm_path, seconds=seconds)
         server.shell(name=KEPT, commands=[shlex.join(["sh", "-c", (SCRIPTS / "firewall-wait.sh").read_text(),
                                                       "firewall-wait", f"{fw.STATE}/result", str(seconds + 15)])])
     want = fw.conntrack_max(settings, state["conntrack_max"])

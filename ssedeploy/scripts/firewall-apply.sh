@@ -30,7 +30,7 @@ rm -f "$state/result"
     nft list table inet "$table" 2>/dev/null || true
 } > "$state/previous.nft.tmp"
 mv -f "$state/previous.nft.tmp" "$state/previous.nft"
-rm -f "$confirm"
+rm -f "$(dirname "$confirm")"/confirmed-*  # late confirmations of earlier runs
 fault 1
 # A leftover undo timer of a cut run would undo these rules too early: replace it.
 systemctl stop "$undo_unit.timer" 2>/dev/null || true
