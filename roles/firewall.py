@@ -45,7 +45,8 @@ def ssh_port(settings) -> int:
 def confirm(target, path: str, seconds: int) -> None:
     """Reach `target` over a NEW SSH connection, made by pyinfra's own connector from the same inventory data
     (host key, jump host, agent), and create `path` with sudo; retry until shortly before the host's own
-    deadline, and fail naming the host if no connection gets through."""
+    deadline. If none gets through, say so in the run's notes: the host undoes the rules, and the step after
+    this one fails with firewall-apply.sh's own words."""
     if not isinstance(target.connector, SSHConnector):
         raise OperationError(f"{target.name}: the firewall's confirmation needs an SSH host (or firewall.enabled: false)")
     end, last = time.monotonic() + max(1, seconds - 5), None
@@ -64,11 +65,9 @@ def confirm(target, path: str, seconds: int) -> None:
             if fresh.client:
                 fresh.client.close()
         time.sleep(1)
-    message = (f"{target.name}: no new SSH connection got through the new firewall rules within {seconds} s "
-               f"({last}); the host puts the previous rules back by itself. Check firewall.ssh_port and "
-               "firewall.allow")
-    note(target, message)  # pyinfra logs a callback's exception only on the console: the results get it here
-    raise OperationError(message)
+    # No raise: the host puts the previous rules back by itself, and the next step fails with its reason.
+    note(target, f"firewall: no new SSH connection got through the new rules within {seconds} s ({last}); "
+                 "check firewall.ssh_port and firewall.allow")
 
 
 @deploy(ROLE)
@@ -86,7 +85,8 @@ def firewall(settings):
     unit = files.put(name=fw.UNIT, src=StringIO(render("systemd/ssedeploy-firewall.service.j2", table=fw.TABLE,
                                                        live_file=fw.LIVE_FILE)), dest=UNIT_PATH, mode="644")
     systemd.daemon_reload(name="systemd daemon-reload (firewall)", _if=unit.did_change)
-    systemd.service(name=f"{fw.UNIT} enabled (loads the table at boot)", service=fw.UNIT, enabled=True)
+    # Enabled, not started: the apply step loads the rules now, the unit at every boot.
+    systemd.service(name=f"{fw.UNIT} enabled (loads the table at boot)", service=fw.UNIT, running=None, enabled=True)
 
     text = fw.ruleset(settings, ssh_port(settings))
     why = fw.needs_apply(hashlib.sha256(text.encode()).hexdigest(), state["live_sha"], state["applied"],
@@ -101,12 +101,15 @@ def firewall(settings):
         files.put(name="firewall-apply.sh", src=str(SCRIPTS / "firewall-apply.sh"), dest=script, mode="700")
         server.shell(name=f"{APPLY}: {why}", commands=[
             # Detached (not --wait): it must outlive a connection the new rules cut. The last verdict goes
-            # first, so the wait below reads this run's.
-            f"rm -f {fw.STATE}/result && systemd-run --quiet --collect --unit=ssedeploy-firewall-apply-{token} "
-            f"sh {script} {new} {fw.LIVE_FILE} {fw.STATE} {confirm_path} {seconds}"])
+            # first, so the waits read this run's; this step returns once the new rules are in the kernel.
+            f"rm -f {fw.STATE}/result {fw.STATE}/loaded && systemd-run --quiet --collect "
+            f"--unit=ssedeploy-firewall-apply-{token} sh {script} {new} {fw.LIVE_FILE} {fw.STATE} {confirm_path} "
+            f"{seconds}",
+            shlex.join(["sh", "-c", (SCRIPTS / "firewall-wait.sh").read_text(), "firewall-wait", fw.STATE,
+                        "loaded", str(seconds)])])
         python.call(name=CONFIRM, function=confirm, target=ctx_host.get(), path=confirm_path, seconds=seconds)
         server.shell(name=KEPT, commands=[shlex.join(["sh", "-c", (SCRIPTS / "firewall-wait.sh").read_text(),
-                                                      "firewall-wait", f"{fw.STATE}/result", str(seconds + 15)])])
+                                                      "firewall-wait", fw.STATE, "confirmed", str(seconds + 15)])])
     want = fw.conntrack_max(settings, state["conntrack_max"])
     if want and state["conntrack_writable"]:
         server.sysctl(name="nf_conntrack_max for the expected streams", key="net.netfilter.nf_conntrack_max",

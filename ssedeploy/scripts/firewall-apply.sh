@@ -7,7 +7,8 @@ set -eu  # stop on the first failed command or unset variable
 # Usage: firewall-apply.sh NEW_FILE LIVE_FILE STATE_DIR CONFIRM TIMEOUT_S
 #   NEW_FILE: the rendered table (`nft -f`, all or nothing); LIVE_FILE: what ssedeploy-firewall.service loads
 #   at boot, replaced only once confirmed; STATE_DIR: the previous rules, `applied.list` (the table as nft
-#   lists it once confirmed: what drift compares the kernel's with) and `result` (what the deploy reads).
+#   lists it once confirmed: what drift compares the kernel's with), `loaded` (the new rules are in the
+#   kernel: the controller's new connection may start) and `result` (what the deploy reads).
 #
 # Crash safety: before the new rules go live, a systemd timer of its own is set to load the previous rules
 # TIMEOUT_S seconds later; only the confirmation stops it. So a cut at any line (this script killed, the SSH
@@ -23,7 +24,7 @@ fault() {
 }
 
 mkdir -p "$state"
-rm -f "$state/result"
+rm -f "$state/result" "$state/loaded"
 # The previous rules as one `nft -f` transaction that puts them back whole (or removes the table if none).
 {
     printf 'table inet %s {}\ndelete table inet %s\n' "$table" "$table"
@@ -37,7 +38,15 @@ systemctl stop "$undo_unit.timer" 2>/dev/null || true
 systemd-run --quiet --collect --unit="$undo_unit" --on-active="${timeout}s" --timer-property=AccuracySec=100ms \
     nft -f "$state/previous.nft"
 fault 2
-nft -f "$new"
+if ! nft -f "$new" 2>"$state/nft.err"; then
+    systemctl stop "$undo_unit.timer" 2>/dev/null || true
+    echo "nft refused the new rules: $(cat "$state/nft.err")" > "$state/result"
+    cat "$state/result" >&2
+    exit 1
+fi
+# Only now may the controller open its new connection: one opened before would be established already and
+# pass any rules.
+touch "$state/loaded"
 fault 3
 end=$(($(date +%s) + timeout))
 while [ "$(date +%s)" -lt "$end" ]; do

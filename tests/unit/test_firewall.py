@@ -21,6 +21,15 @@ from .test_scripts import calls, killed, run
 NFT = shutil.which("nft") or (shutil.which("/usr/sbin/nft"))
 
 
+def _wait_script() -> str:
+    from ssedeploy.operations import SCRIPTS
+
+    return (SCRIPTS / "firewall-wait.sh").read_text()
+
+
+WAIT = _wait_script()
+
+
 @pytest.mark.parametrize("data, ssh_port, ports", [
     ({}, 22, [22, 80]),
     ({"site": {"tls": {}}}, 22, [22, 80, 443]),
@@ -162,14 +171,41 @@ def test_with_no_table_before_an_unconfirmed_one_is_removed(fw):
     assert kernel(tmp) is None
 
 
-def test_rules_nft_refuses_change_nothing_and_disarm_the_timer_on_the_next_run(fw):
+def test_rules_nft_refuses_change_nothing_say_why_and_disarm_the_undo_timer(fw):
     env, args, tmp = fw
     args[0].write_text("table inet ssedeploy {}\ndelete table inet ssedeploy\nbogus\n")
     result = run(env, "firewall-apply.sh", *args)
-    assert result.returncode == 1 and "syntax error" in result.stderr
-    assert kernel(tmp) == OLD
-    fire_timer(env, tmp)  # the armed timer puts back what was there: nothing changes
-    assert kernel(tmp) == OLD
+    assert result.returncode == 1 and "nft refused the new rules: Error: syntax error" in result.stderr
+    assert (tmp / "state" / "result").read_text().startswith("nft refused the new rules")
+    assert kernel(tmp) == OLD and not (tmp / "timer").exists() and not (tmp / "state" / "loaded").exists()
+
+
+def test_the_controller_is_told_to_connect_only_once_the_new_rules_are_loaded(fw):
+    """A connection opened before the new rules load is established already and passes any rules."""
+    env, args, tmp = fw
+    args[-1] = 30
+    proc = subprocess.Popen(["/bin/sh", str(firewall_script()), *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: (tmp / "state" / "loaded").exists(), 20, "the script says the rules are loaded")
+        assert kernel(tmp) == NEW
+        waited = subprocess.run(["sh", "-c", WAIT, "firewall-wait", str(tmp / "state"), "loaded", "5"], env=env)
+        assert waited.returncode == 0
+    finally:
+        (tmp / "state" / "confirmed").touch()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    done = subprocess.run(["sh", "-c", WAIT, "firewall-wait", str(tmp / "state"), "confirmed", "5"], env=env)
+    assert done.returncode == 0
+
+
+def test_the_wait_fails_with_the_scripts_reason(fw):
+    env, _, tmp = fw
+    (tmp / "state").mkdir()
+    (tmp / "state" / "result").write_text("no new SSH connection reached the host within 2 s\n")
+    waited = subprocess.run(["sh", "-c", WAIT, "firewall-wait", str(tmp / "state"), "loaded", "5"], env=env,
+                            capture_output=True, text=True)
+    assert waited.returncode == 1 and "ssedeploy: no new SSH connection reached the host" in waited.stderr
 
 
 @pytest.mark.parametrize("point", ["1", "2", "3", "4"])
