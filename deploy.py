@@ -8,8 +8,9 @@ per host (ssedeploy/deploy_lock.py).
 
 The app's Node is resolved and judged against its declared engines, and a Next.js build's SSE routes
 against what streams (roles/app.py, ssedeploy/nextbuild.py), while planning, before any host changes;
-the host firewall goes first (roles/firewall.py: a ruleset that would cut SSH undoes itself), then the Node
-(roles/node.py): a download that fails its checksum stops the run there.
+the Node is installed first (roles/node.py): a download that fails its checksum stops the run before anything
+else runs. The host firewall goes next, before anything that listens (roles/firewall.py: a ruleset that would
+cut SSH undoes itself).
 nginx goes next, its upstream at the instance it serves now; the app's release then
 starts on the idle instance and switches nginx to it once checked (roles/app.py).
 """
@@ -35,7 +36,7 @@ preflight(settings, node_runtime, drift=DRIFT)
 build_preflight(settings)
 hold(host, shared=DRIFT)
 
-firewall(settings)
 node(settings, node_runtime)
+firewall(settings)
 nginx(settings)
 app(settings, node_runtime)
