@@ -101,9 +101,7 @@ def roots_path(instance: str) -> Path:
 def save_roots(instance: str, address: str) -> Path:
     """Fetch the running pebble's roots into roots_path (a new pebble has new ones), by one rename."""
     path = roots_path(instance)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(roots(address, listener_ca(instance))))
-    tmp.replace(path)
+    hosts.write_whole(path, "".join(roots(address, listener_ca(instance))))
     return path
 
 
@@ -113,18 +111,11 @@ def record_path(instance: str) -> Path:
 
 
 def load(instance: str) -> dict | None:
-    try:
-        return json.loads(record_path(instance).read_text())
-    except (OSError, ValueError):
-        return None
+    return hosts.read_json(record_path(instance))
 
 
 def save(instance: str, record: dict) -> None:
-    path = record_path(instance)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    hosts.write_whole(record_path(instance), json.dumps(record, indent=1) + "\n")
 
 
 # Names

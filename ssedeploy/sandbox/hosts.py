@@ -9,6 +9,7 @@ would collide.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -173,6 +174,22 @@ def stop(pid: int, start_time: int | None, timeout: float = 20) -> None:
         _reap(pid)
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
+
+
+def write_whole(path: Path, data: str | bytes) -> None:
+    """Replace `path` by one rename of a temp file beside it: a reader sees the old file or the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict | None:
+    """A record written by write_whole, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def cmdline(pid: int) -> list[str] | None:

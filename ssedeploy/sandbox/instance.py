@@ -161,17 +161,11 @@ def mirror_path(instance: str) -> Path:
 
 
 def load_mirror(instance: str) -> dict | None:
-    try:
-        return json.loads(mirror_path(instance).read_text())
-    except (OSError, ValueError):
-        return None
+    return hosts.read_json(mirror_path(instance))
 
 
 def save_mirror(instance: str, mirror: dict) -> None:
-    path = mirror_path(instance)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(mirror) + "\n")
-    path.with_suffix(".tmp").replace(path)
+    hosts.write_whole(mirror_path(instance), json.dumps(mirror) + "\n")
 
 
 def status(instance: str) -> list[dict]:

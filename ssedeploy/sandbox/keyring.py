@@ -21,6 +21,8 @@ from pathlib import Path
 from debian import deb822
 from debian.debian_support import Version
 
+from . import hosts
+
 CACHE = Path("/var/cache/ssedeploy/keyrings")
 MACHINE_KEYRING = Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg")
 KEYRING_IN_DEB = "usr/share/keyrings/ubuntu-archive-keyring.gpg"
@@ -144,9 +146,6 @@ def ubuntu_keyring(mirror: str, suite: str, log=print) -> Path:
     else:
         source, data = f"the ubuntu-keyring package of {suite}", fetch_deb_keyring(mirror, suite)
     kept = pinned_only(data)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(kept)
-    tmp.replace(target)
+    hosts.write_whole(target, kept)
     log(f"Ubuntu archive key {', '.join(PINNED)} (pinned) taken from {source}: debootstrap checks signatures with it")
     return target

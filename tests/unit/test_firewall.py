@@ -13,21 +13,14 @@ from pathlib import Path
 import pytest
 
 from ssedeploy import firewall
+from ssedeploy.operations import SCRIPTS
 from ssedeploy.settings import parse
 
 from ..polling import wait_until
-from .test_scripts import calls, killed, run
+from .test_scripts import calls, killed, run, stubbed
 
-NFT = shutil.which("nft") or (shutil.which("/usr/sbin/nft"))
-
-
-def _wait_script() -> str:
-    from ssedeploy.operations import SCRIPTS
-
-    return (SCRIPTS / "firewall-wait.sh").read_text()
-
-
-WAIT = _wait_script()
+NFT = shutil.which("nft") or shutil.which("/usr/sbin/nft")
+WAIT = (SCRIPTS / "firewall-wait.sh").read_text()
 
 
 @pytest.mark.parametrize("data, ssh_port, ports", [
@@ -110,13 +103,7 @@ NEW = "table inet ssedeploy {\n\tchain input { tcp dport 2222 accept }\n}"
 
 @pytest.fixture
 def fw(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in STUBS.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "stub.log"),
-           "STUB_TMP": str(tmp_path)}
+    env = stubbed(tmp_path, STUBS, STUB_TMP=str(tmp_path))
     (tmp_path / "kernel.nft").write_text(OLD + "\n")
     new = tmp_path / "new.nft"
     new.write_text(f"table inet ssedeploy {{}}\ndelete table inet ssedeploy\n{NEW}\n")
@@ -141,7 +128,7 @@ def fire_timer(env, tmp: Path) -> None:
 def test_confirmed_over_a_new_connection_the_new_rules_stay_and_become_the_boot_file(fw):
     env, args, tmp = fw
     args[-1] = 30
-    proc = subprocess.Popen(["/bin/sh", str(firewall_script()), *map(str, args)], env=env, text=True,
+    proc = subprocess.Popen(["/bin/sh", str((SCRIPTS / "firewall-apply.sh")), *map(str, args)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_until(lambda: kernel(tmp) == NEW, 20, "the new rules are live")
     assert (tmp / "timer").exists(), "the undo timer is armed before the new rules go live"
@@ -184,7 +171,7 @@ def test_the_controller_is_told_to_connect_only_once_the_new_rules_are_loaded(fw
     """A connection opened before the new rules load is established already and passes any rules."""
     env, args, tmp = fw
     args[-1] = 30
-    proc = subprocess.Popen(["/bin/sh", str(firewall_script()), *map(str, args)], env=env, text=True,
+    proc = subprocess.Popen(["/bin/sh", str((SCRIPTS / "firewall-apply.sh")), *map(str, args)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_until(lambda: (tmp / "state" / "loaded").exists(), 20, "the script says the rules are loaded")
@@ -222,12 +209,6 @@ def test_cut_at_any_point_ends_with_the_previous_rules_or_confirmed_ones(fw, poi
     else:
         assert kernel(tmp) == OLD
     assert "Error" not in "".join(calls(env, "nft"))
-
-
-def firewall_script() -> Path:
-    from ssedeploy.operations import SCRIPTS
-
-    return SCRIPTS / "firewall-apply.sh"
 
 
 APPLIED = "table inet ssedeploy {\n\tchain input {\n\t\ttcp dport { 22, 80 } accept\n\t}\n}\n"

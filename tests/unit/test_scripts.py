@@ -76,15 +76,19 @@ echo "logger $*" >> "$STUB_LOG"
 }
 
 
-@pytest.fixture
-def env(tmp_path):
-    bin_dir = tmp_path / "bin"
+def stubbed(tmp_path: Path, stubs: dict[str, str], bin_name: str = "bin", **extra: str) -> dict[str, str]:
+    """An environment with `stubs` first on PATH (in tmp_path/bin_name), each logging to $STUB_LOG."""
+    bin_dir = tmp_path / bin_name
     bin_dir.mkdir()
-    for name, text in STUBS.items():
+    for name, text in stubs.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "stub.log"),
-            "STUB_APP_DIR": str(tmp_path / "app")}
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "stub.log"), **extra}
+
+
+@pytest.fixture
+def env(tmp_path):
+    return stubbed(tmp_path, STUBS, STUB_APP_DIR=str(tmp_path / "app"))
 
 
 def calls(env, name: str) -> list[str]:
@@ -1261,13 +1265,7 @@ def make_cert(path: Path, cn: str = "a.example.org") -> str:
 
 @pytest.fixture
 def acme_env(tmp_path):
-    bin_dir = tmp_path / "acme-bin"
-    bin_dir.mkdir()
-    for name, text in ACME_STUBS.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "stub.log"),
-            "STUB_TMP": str(tmp_path), "ACME_ACCOUNTS": str(tmp_path / "accounts")}
+    return stubbed(tmp_path, ACME_STUBS, "acme-bin", STUB_TMP=str(tmp_path), ACME_ACCOUNTS=str(tmp_path / "accounts"))
 
 
 def test_acme_install_puts_a_whole_pair_live_by_one_link_switch(acme_env, tmp_path):
