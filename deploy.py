@@ -13,30 +13,43 @@ else runs. The host firewall goes next, before anything that listens (roles/fire
 cut SSH undoes itself).
 nginx goes next, its upstream at the instance it serves now; the app's release then
 starts on the idle instance and switches nginx to it once checked (roles/app.py).
+
+In a cluster (inventory groups `proxies` and `apps`, ssedeploy/topology.py) proxies get nginx only, app hosts
+Node and the app only, and the release rolls over the app hosts a batch at a time, every proxy switched
+between (roles/cluster.py).
 """
 
-from pyinfra import host, inventory
+from pyinfra import host
 
-from roles.app import DRIFT, app, build_preflight
+from roles.app import DRIFT, SETTLE, app, build_preflight
+from roles.cluster import roll
 from roles.firewall import firewall
 from roles.nginx import nginx
 from roles.node import node, preflight, runtime
+from ssedeploy import cluster
 from ssedeploy.deploy_lock import hold
+from ssedeploy.operations import app_settle
 from ssedeploy.run_results import record_run
-from ssedeploy.settings import for_host
 from ssedeploy.sudo_check import check as check_sudo
 
-for other in inventory:
-    for_host(other, offline=DRIFT)
-settings = for_host(host, offline=DRIFT)
+topology = cluster.load(offline=DRIFT)  # every host's settings and the layout, checked before any host is touched
+settings = cluster.settings_of(host.name)
 record_run(host.state)
 check_sudo(host)  # before the first fact: a sudo that cannot be driven is named with what to do
-node_runtime = runtime(settings)
-preflight(settings, node_runtime, drift=DRIFT)
-build_preflight(settings)
+runs_app, runs_nginx = topology.is_app(host.name), topology.is_proxy(host.name)
+if runs_app:
+    node_runtime = runtime(settings)
+    preflight(settings, node_runtime, drift=DRIFT)
+    build_preflight(settings)
 hold(host, shared=DRIFT)
 
-node(settings, node_runtime)
+if runs_app:
+    node(settings, node_runtime)
 firewall(settings)
-nginx(settings)
-app(settings, node_runtime)
+if runs_nginx:
+    nginx(settings)
+owed = app(settings, node_runtime, roll=topology.clustered) if runs_app else None
+if topology.clustered:
+    roll(settings, owed)
+    if runs_app:
+        app_settle(name=SETTLE, settings=settings)

@@ -38,6 +38,7 @@ ROLE = "app"  # the @deploy's name: pyinfra reports each operation below as "app
 UNIT = "App systemd unit"
 NOTE_PENDING = "Release pending (unit or environment changes)"
 LIVE = "Live on the idle instance, checked, switched to, old one draining:"
+HELD = "Live on the idle instance, checked, recorded for the proxies:"
 SETTLE = "App instances settled"
 # The app's idle keep-alive, longer than nginx's upstream keepalive_timeout (60 s): nginx, not Node, closes
 # an idle upstream connection, so nginx never reuses a socket Node is just closing (a 502).
@@ -121,8 +122,18 @@ def environment(settings, host_name: str = "?") -> dict[str, str]:
     return values
 
 
+@dataclass(frozen=True)
+class Owed:
+    """What an app host's run makes live once its release is on the host: `release` (None: nothing to
+    release, drift mode without the built app), and whether its unit or environment changed (`pending`)."""
+    release: str | None
+    pending: bool
+
+
 @deploy(ROLE)
-def app(settings, node_runtime):
+def app(settings, node_runtime, roll: bool = False) -> Owed:
+    """The app on this host. `roll`: a cluster's app host, whose release goes live in its batch of the
+    rolling release (roles/cluster.py); otherwise it goes live here, nginx on this host switched to it."""
     a = settings.app
     user = a.system_user
     server.group(name=f"Group {user}", group=user, system=True)
@@ -157,6 +168,7 @@ def app(settings, node_runtime):
     files.put(name=f"{UNIT} {unit_file}", src=StringIO(unit_text), dest=unit_file, mode="644")
     systemd.daemon_reload(name="systemd daemon-reload", _if=lambda: ahead.pending)
 
+    release_hash = None
     if DRIFT and not os.path.isdir(a.source):
         note(host, f"skipped in drift mode: the release (no built app at {a.source})")
     else:
@@ -164,6 +176,19 @@ def app(settings, node_runtime):
         release_hash = release.name(content, node_runtime.version if node_runtime.build else None)
         app_release(name=f"Release {release_hash} on the host", archive=archive, release=release_hash,
                     app_dir=app_dir(settings), cache_dir=cache_dir(settings), node_home=node_runtime.home)
-        app_live(name=f"{LIVE} {release_hash}", settings=settings, release=release_hash, pending=ahead.pending)
-        files.file(name="Release pending done", path=marker, present=False)
-    app_settle(name=SETTLE, settings=settings)
+    owed = Owed(release_hash, ahead.pending)
+    if not roll:
+        make_live(settings, owed)
+        app_settle(name=SETTLE, settings=settings)
+    return owed
+
+
+def make_live(settings, owed: Owed, hold: bool = False, **arguments) -> None:
+    """The release live on the idle instance, checked, switched to (`hold`: a cluster's app host, recorded
+    live for its proxies to switch to); the owed unit or environment change done. `arguments`: pyinfra's
+    global arguments (`_if`)."""
+    if owed.release is None:
+        return
+    app_live(name=f"{HELD if hold else LIVE} {owed.release}", settings=settings, release=owed.release,
+             pending=owed.pending, hold=hold, **arguments)
+    files.file(name="Release pending done", path=restart_marker(settings), present=False, **arguments)

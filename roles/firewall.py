@@ -23,7 +23,7 @@ from pyinfra.context import ctx_host
 from pyinfra.operations import apt, files, python, server, systemd
 
 from roles import APT_LOCK_WAIT
-from ssedeploy import firewall as fw
+from ssedeploy import cluster, firewall as fw
 from ssedeploy.facts import FirewallState
 from ssedeploy.operations import SCRIPTS
 from ssedeploy.paths import SYSTEMD_UNITS
@@ -88,7 +88,8 @@ def firewall(settings):
     # Enabled, not started: the apply step loads the rules now, the unit at every boot.
     systemd.service(name=f"{fw.UNIT} enabled (loads the table at boot)", service=fw.UNIT, running=None, enabled=True)
 
-    text = fw.ruleset(settings, ssh_port(settings))
+    topo = cluster.current()
+    text = fw.ruleset(settings, ssh_port(settings), public=topo.is_proxy(host.name), peers=cluster.app_allow(host.name))
     why = fw.needs_apply(hashlib.sha256(text.encode()).hexdigest(), state["live_sha"], state["applied"],
                          state["kernel"])
     changed = fw.changed_rules(state["applied"], state["kernel"])

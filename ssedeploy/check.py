@@ -29,8 +29,9 @@ from pathlib import Path
 
 from . import engines, nextbuild, nginx
 from . import node as nodejs
-from .inventory import inventory_hosts, node_mirror
+from .inventory import inventory_hosts, inventory_topology, node_mirror
 from .settings import Settings, SettingsError, parse
+from .topology import private_address, refusals
 
 OFFLINE_CPUS = 2
 
@@ -168,37 +169,61 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
         return 1
     failed = 0
     acme_names: dict[str, list[str]] = {}
+    try:
+        topo = inventory_topology(inventory_path)
+    except ValueError as exc:
+        out(str(exc))
+        return 1
+    parsed = {}
     for name, data in hosts:
         try:
-            settings = parse(data, name)
+            parsed[name] = parse(data, name)
         except SettingsError as exc:
             out(str(exc))
             failed += 1
+    if topo.clustered and not failed:
+        everyone = dict(hosts)
+        lines = refusals(topo, {n: parsed[n].app.bind for n in topo.apps if n in parsed},
+                         {n: parsed[n].app.rolling_batch for n in topo.apps if n in parsed},
+                         {n: private_address(parsed[n].nginx.private_address, everyone[n].get("ssh_hostname"))
+                          for n in topo.proxies if n in parsed}) if len(parsed) == len(everyone) else []
+        for line in lines:
+            out(line)
+        failed += len(lines)
+    for name, data in hosts:
+        if name not in parsed:
             continue
-        if settings.site.tls and settings.site.tls.mode == "acme":
-            for server_name in settings.site.server_names:
-                acme_names.setdefault(server_name.lower().rstrip("."), []).append(name)
-        version = settings.nginx.version
-        lim = nginx.limits(settings, OFFLINE_CPUS, None)
-        files, revision = nginx.render_tree(settings, version, lim)
-        with tempfile.TemporaryDirectory(prefix="ssedeploy-check-") as tmp:
-            conf = write_prefix(Path(tmp), settings, files)
-            problems = lint(conf, settings)
-            tested, skipped = local_nginx_test(conf, version)
-            problems += tested
-        for p in problems:
-            out(f"host {name}: {p}")
-        if nginx.plain_http_warning(settings):
-            out(f"host {name}: {nginx.plain_http_warning(settings)}")
-        for report in (build_report(name, settings), node_report(name, settings),
-                       *([node_build_report(name, settings, data)] if settings.app.node != nodejs.DISTRO else [])):
-            for p in report[0]:
-                out(p)
-            problems += report[0]
-            if report[1]:
-                out(f"host {name}: {report[1]}")
-        note = f" ({skipped})" if skipped else ("" if tested else ", nginx -t ok")
-        out(f"host {name}: {'FAILED' if problems else 'ok'}: nginx {version}, revision {revision}{note}")
+        settings = parsed[name]
+        problems, summary = [], f"app host of the cluster (nginx runs on {', '.join(topo.proxies)})"
+        if topo.is_proxy(name):
+            if settings.site.tls and settings.site.tls.mode == "acme":
+                for server_name in settings.site.server_names:
+                    acme_names.setdefault(server_name.lower().rstrip("."), []).append(name)
+            version = settings.nginx.version
+            lim = nginx.limits(settings, OFFLINE_CPUS, None)
+            servers = [nginx.address(parsed[n].app.bind, parsed[n].app.instance_ports[0]) for n in topo.apps
+                       if n in parsed] if topo.clustered else None
+            files, revision = nginx.render_tree(settings, version, lim, servers=servers or None)
+            with tempfile.TemporaryDirectory(prefix="ssedeploy-check-") as tmp:
+                conf = write_prefix(Path(tmp), settings, files)
+                problems = lint(conf, settings)
+                tested, skipped = local_nginx_test(conf, version)
+                problems += tested
+            for p in problems:
+                out(f"host {name}: {p}")
+            if nginx.plain_http_warning(settings):
+                out(f"host {name}: {nginx.plain_http_warning(settings)}")
+            note = f" ({skipped})" if skipped else ("" if tested else ", nginx -t ok")
+            summary = f"nginx {version}, revision {revision}{note}"
+        if topo.is_app(name):
+            for report in (build_report(name, settings), node_report(name, settings),
+                           *([node_build_report(name, settings, data)] if settings.app.node != nodejs.DISTRO else [])):
+                for p in report[0]:
+                    out(p)
+                problems += report[0]
+                if report[1]:
+                    out(f"host {name}: {report[1]}")
+        out(f"host {name}: {'FAILED' if problems else 'ok'}: {summary}")
         failed += bool(problems)
     for server_name, names in acme_names.items():
         if len(names) > 1:

@@ -139,10 +139,12 @@ class AppInstances(FactBase[HostInstances]):
     and the one in its live files, each instance's unit state, release and pending drain, the single unit of
     ssedeploy before two instances, and the `current`/`previous` releases."""
 
-    def requires_command(self, app: str, app_dir: str, ports, revision_port: int) -> str:
+    def requires_command(self, app: str, app_dir: str, ports, revision_port: int, cluster: bool = False) -> str:
         return "bash"  # revision_request's /dev/tcp
 
-    def command(self, app: str, app_dir: str, ports, revision_port: int) -> str:
+    def command(self, app: str, app_dir: str, ports, revision_port: int, cluster: bool = False) -> str:
+        """`cluster`: an app host of a cluster, whose live port is the one it recorded (its proxies follow
+        it), not what an nginx on the host sends to."""
         site = f"{nginx.LIVE}/{nginx.SITE}"
 
         def unit(key: str, port: int | None) -> str:
@@ -152,10 +154,13 @@ class AppInstances(FactBase[HostInstances]):
                     f'"$(systemctl is-active {drain}.timer {drain}.service 2>/dev/null | grep -qx active && echo 1)" '
                     f'"$(readlink {app_dir}/instances/{port} 2>/dev/null)"')
 
-        return "; ".join([
+        live = [f'printf "recorded %s\\n" "$(cat {app_dir}/live 2>/dev/null)"'] if cluster else [
             f'printf "served %s\\n" "$({revision_request(revision_port, nginx.UPSTREAM_PATH)} | tail -n 1)"',
             # The upstream block's one `server ADDRESS:PORT;` line (server blocks open with `server {`).
             f'printf "files %s\\n" "$(sed -n \'s/^ *server [^ {{]*:\\([0-9][0-9]*\\);.*/\\1/p\' {site} 2>/dev/null | head -n 1)"',
+        ]
+        return "; ".join([
+            *live,
             *(unit(f"instance {port}", port) for port in ports),
             f'if [ -f {SYSTEMD_UNITS}/{unit_name(app, None)} ]; then {unit("legacy -", None)}; fi',
             f'printf "current %s\\n" "$(readlink {app_dir}/current 2>/dev/null)"',
@@ -177,7 +182,7 @@ def _release(link: str) -> str | None:
 
 
 def parse_instances(lines) -> HostInstances:
-    served_port = served_revision = files_port = current = previous = legacy = None
+    served_port = served_revision = files_port = recorded_port = current = previous = legacy = None
     instances: dict[int, Instance] = {}
     for line in lines:
         key, _, rest = line.partition(" ")
@@ -187,6 +192,8 @@ def parse_instances(lines) -> HostInstances:
                 served_revision, served_port = match.group(1), int(match.group(2))
         elif key == "files" and rest.strip().isdigit():
             files_port = int(rest.strip())
+        elif key == "recorded" and rest.strip().isdigit():
+            recorded_port = int(rest.strip())
         elif key in ("instance", "legacy"):
             port, active, enabled, draining, link = (rest.split(" ", 4) + [""] * 5)[:5]
             inst = Instance(active=active or "inactive", enabled=enabled in ("enabled", "enabled-runtime"),
@@ -199,7 +206,7 @@ def parse_instances(lines) -> HostInstances:
             current = _release(rest)
         elif key == "previous":
             previous = _release(rest)
-    return HostInstances(served_port=served_port, served_revision=served_revision, files_port=files_port,
+    return HostInstances(served_port=served_port, served_revision=served_revision, files_port=files_port, recorded_port=recorded_port,
                          instances=instances, legacy=legacy, current=current, previous=previous)
 
 

@@ -12,6 +12,7 @@ network namespace); the nginx-to-app side on loopback is not tracked at all (`no
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from .render import render
 from .settings import Settings
@@ -24,10 +25,11 @@ UNIT = "ssedeploy-firewall.service"
 CONNTRACK_PER_STREAM = 4
 
 
-def ports(settings: Settings, ssh_port: int) -> list[int]:
-    """The TCP ports everyone may reach: SSH and the site's public ports (never the revision port)."""
+def ports(settings: Settings, ssh_port: int, public: bool = True) -> list[int]:
+    """The TCP ports everyone may reach: SSH and the site's public ports (never the revision port); SSH only
+    where nginx does not run (`public` False: a cluster's app host)."""
     site = settings.site
-    return sorted({ssh_port, site.listen_port, *([site.tls.port] if site.tls else [])})
+    return sorted({ssh_port, *([site.listen_port, *([site.tls.port] if site.tls else [])] if public else [])})
 
 
 def allow_rule(port: int, proto: str, source: str | None) -> str:
@@ -38,10 +40,13 @@ def allow_rule(port: int, proto: str, source: str | None) -> str:
     return f"{family} saddr {source} {proto} dport {port}"
 
 
-def ruleset(settings: Settings, ssh_port: int) -> str:
-    """The table, as the file `nft -f` loads."""
-    allow = [allow_rule(a.port, a.proto, a.source) for a in settings.firewall.allow]
-    return render("nftables/ssedeploy.nft.j2", table=TABLE, ports=ports(settings, ssh_port), allow=allow)
+def ruleset(settings: Settings, ssh_port: int, public: bool = True,
+            peers: Sequence[tuple[int, str]] = ()) -> str:
+    """The table, as the file `nft -f` loads. `public`: nginx runs here (see ports); `peers`: (port, source) a
+    cluster's app host admits its proxies by (ssedeploy/cluster.py)."""
+    allow = [allow_rule(port, "tcp", source) for port, source in peers]
+    allow += [allow_rule(a.port, a.proto, a.source) for a in settings.firewall.allow]
+    return render("nftables/ssedeploy.nft.j2", table=TABLE, ports=ports(settings, ssh_port, public), allow=allow)
 
 
 def conntrack_max(settings: Settings, current: int | None) -> int | None:

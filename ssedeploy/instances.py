@@ -3,7 +3,7 @@
 A release never restarts the live instance: it starts the new release (or the new env/unit) on the idle
 port, checks it there, switches nginx's upstream to it and drains the old one (scripts/app-release.sh).
 Which instance is live is read from the host: the port nginx's workers send to (revision-proven), else
-the port in the live config files. Pure functions of what the `AppInstances` fact read; tables in
+the port in the live config files; on a cluster's app host, the port it recorded (its proxies follow it). Pure functions of what the `AppInstances` fact read; tables in
 tests/unit/test_instances.py.
 """
 
@@ -31,6 +31,7 @@ class HostInstances:
     served_port: int | None = None  # the upstream port nginx's workers serve (None: nginx did not answer)
     served_revision: str | None = None
     files_port: int | None = None   # the upstream port in the live site file
+    recorded_port: int | None = None  # a cluster's app host: the port it recorded live (its proxies follow it)
     instances: dict[int, Instance] = field(default_factory=dict)
     legacy: Instance | None = None  # the single APP.service of ssedeploy before two instances (None: absent)
     current: str | None = None      # the release `current` names
@@ -38,8 +39,9 @@ class HostInstances:
 
 
 def live_port(found: HostInstances, ports: tuple[int, int]) -> int | None:
-    """The port nginx sends new connections to: what its workers serve, else what its files say."""
-    for port in (found.served_port, found.files_port):
+    """The port nginx sends new connections to: what its workers serve, else what its files say; on a
+    cluster's app host (which reads neither), the port it recorded."""
+    for port in (found.served_port, found.files_port, found.recorded_port):
         if port in ports:
             return port
     return None

@@ -8,6 +8,7 @@ import sys
 
 from . import node, sandbox
 from .settings import BASE_SITE_KEY, host_data
+from .topology import APPS, PROXIES, Topology, topology
 
 # Host data: the Node.js download site of the host's sandbox instance (`sandbox status --json`'s node_mirror),
 # the default Node mirror for sandbox hosts, so inventories that set their own `app` data still use it.
@@ -32,21 +33,33 @@ def node_mirror(settings, data) -> str:
     return settings.app.node_mirror or data.get(NODE_MIRROR_KEY) or node.OFFICIAL_MIRROR
 
 
+def _load(inventory_path: str):
+    from pyinfra.api import Config, State
+    from pyinfra.context import ctx_state
+
+    state = State()
+    with ctx_state.use(state):
+        inventory = _make_inventory()(inventory_path)
+    state.init(inventory, Config())
+    return state, inventory
+
+
+def inventory_topology(inventory_path: str) -> Topology:
+    """The inventory's layout (ssedeploy/topology.py), offline; ValueError when its groups make none."""
+    _, inventory = _load(inventory_path)
+    return topology([h.name for h in inventory],
+                    {group: [h.name for h in inventory if group in h.groups] for group in (PROXIES, APPS)})
+
+
 def inventory_hosts(inventory_path: str, limit: list[str] | None = None) -> list[tuple[str, dict]]:
     """(name, all data: pyinfra's connection data and ssedeploy's settings, merged per field) of each host,
     offline.
 
     `limit` takes host or group names, like pyinfra's --limit.
     """
-    from pyinfra.api import Config, State
     from pyinfra.context import ctx_state
 
-    make_inventory = _make_inventory()
-
-    state = State()
-    with ctx_state.use(state):
-        inventory = make_inventory(inventory_path)
-    state.init(inventory, Config())
+    state, inventory = _load(inventory_path)
     hosts = []
     with ctx_state.use(state):
         for host in inventory:

@@ -36,6 +36,9 @@ DROP_IN = "/etc/systemd/system/nginx.service.d/ssedeploy.conf"
 # After a crash systemd starts nginx again this many seconds later (the drop-in's Restart=on-failure).
 RESTART_SECONDS = 1
 MAX_WORKERS_PER_CPU = 4
+# Seconds nginx waits for an app to accept a connection before it tries the next one: an app host that is
+# gone (powered off, cut off) answers nothing, and a stream's reconnect should not wait nginx's default 60.
+CONNECT_TIMEOUT = 3
 # Marks nginx's own `retry:` answer while the app is unreachable (@sse_retry), so a client, verify or a test
 # can tell it from the app's stream.
 FALLBACK_HEADER = "X-Ssedeploy-Fallback"
@@ -121,10 +124,12 @@ def address(host: str, port: int) -> str:
 
 
 def render_tree(settings: Settings, version: str, lim: Limits, app_port: int | None = None,
-                tls_live: bool = True, tls_files: tuple[str, str] | None = None) -> tuple[dict[str, str], str]:
+                tls_live: bool = True, tls_files: tuple[str, str] | None = None,
+                servers: list[str] | None = None) -> tuple[dict[str, str], str]:
     """The files ssedeploy owns under /etc/nginx, and the revision that identifies them.
 
     `app_port`: the app instance the upstream sends to (default: the first instance's port).
+    `servers`: a cluster's proxy: every app host's `ADDRESS:PORT` instead, balanced by least_conn.
     `tls_live`: False while an ACME certificate does not exist yet: the site is served over plain HTTP (with
     the HTTP-01 challenge location) until the certificate is issued; `tls_files`: the pair to serve meanwhile
     instead (the self-signed or your own one a site served before moving to ACME).
@@ -134,8 +139,9 @@ def render_tree(settings: Settings, version: str, lim: Limits, app_port: int | N
     cert, key = tls_files or tls_paths(settings)
     conf = render("nginx/nginx.conf.j2", settings=settings, limits=lim, live=LIVE, includes=SITE_INCLUDES)
     site = render(
-        "nginx/site.conf.j2", settings=settings, upstream=upstream_name(settings),
-        upstream_server=address(settings.app.bind, app_port), fallback_header=FALLBACK_HEADER,
+        "nginx/site.conf.j2", settings=settings, upstream=upstream_name(settings), balanced=servers is not None,
+        upstream_servers=servers or [address(settings.app.bind, app_port)], fallback_header=FALLBACK_HEADER,
+        connect_timeout=CONNECT_TIMEOUT,
         read_timeout=settings.proxy_read_timeout, new_http2=new_http2, cert=cert, key=key,
         tls=settings.site.tls if tls_live else None, acme=bool(settings.site.tls and settings.site.tls.mode == "acme"),
         acme_webroot=ACME_WEBROOT, acme_path=ACME_CHALLENGE_PATH,
@@ -144,7 +150,8 @@ def render_tree(settings: Settings, version: str, lim: Limits, app_port: int | N
     for name, text in ((NGINX_CONF, conf), (SITE, site), *sorted(LINKS.items())):
         digest.update(f"{name}\0{text}\0".encode())
     revision = digest.hexdigest()[:16]
-    site += render("nginx/revision.conf.j2", revision=revision, port=settings.site.revision_port, app_port=app_port,
+    site += render("nginx/revision.conf.j2", revision=revision, port=settings.site.revision_port,
+                   app_port=" ".join(servers) if servers is not None else app_port,
                    revision_path=REVISION_PATH, upstream_path=UPSTREAM_PATH)
     return {NGINX_CONF: conf, SITE: site}, revision
 

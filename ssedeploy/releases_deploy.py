@@ -8,10 +8,11 @@ from ssedeploy.instances import live_port
 from ssedeploy.operations.app import instances_on_host
 from ssedeploy.paths import app_dir
 from ssedeploy.run_results import record_run, report
-from ssedeploy.settings import for_host
+from ssedeploy import cluster
 from ssedeploy.sudo_check import check as check_sudo
 
-settings = for_host(host, offline=True)
+topology = cluster.load(offline=True)
+settings = cluster.settings_of(host.name)
 record_run(host.state)
 check_sudo(host)
 found = instances_on_host(settings)

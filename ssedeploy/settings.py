@@ -206,6 +206,16 @@ class Site(_Model):
         return ports
 
 
+def _address(value: str) -> str:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("must be an IP address (e.g. 127.0.0.1, or the private address proxies reach)") from None
+    if address.is_unspecified:
+        raise ValueError("must be one address, not every address: the app is for nginx only, never the world")
+    return str(address)
+
+
 class Nginx(_Model):
     expected_streams: int = Field(default=10_000, ge=1, le=1_000_000)
     proxy_read_timeout: int | None = Field(default=None, ge=1)
@@ -214,6 +224,9 @@ class Nginx(_Model):
     version: Annotated[str, AfterValidator(_version)] = OLDEST_NGINX
     backups: int = Field(default=5, ge=1, le=100)
     extra_http_directives: list[RawDirectives] = []
+    # A cluster's proxy: the address its connections to the app hosts come from (the app hosts' firewall
+    # admits it); default: the host's ssh_hostname when that is an IP address (ssedeploy/topology.py).
+    private_address: Annotated[str, AfterValidator(_address)] | None = None
 
 
 def _int_to_str(value):
@@ -240,16 +253,6 @@ def _app_source(value: str, info: ValidationInfo) -> str:
     if not path.is_dir():
         raise ValueError("must be a directory on the controller: a built app (Next.js: after `next build`)")
     return str(path.resolve())
-
-
-def _address(value: str) -> str:
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError("must be an IP address (e.g. 127.0.0.1, or the private address proxies reach)") from None
-    if address.is_unspecified:
-        raise ValueError("must be one address, not every address: the app is for nginx only, never the world")
-    return str(address)
 
 
 EnvName = Annotated[str, AfterValidator(_env_name)]
@@ -287,6 +290,8 @@ class App(_Model):
     keep_releases: int = Field(default=5, ge=2, le=50)
     health_path: UrlPath = "/healthz"
     stop_timeout: int = Field(default=15, ge=1, le=300)
+    # In a cluster: how many app hosts a release switches at a time (roles/cluster.py).
+    rolling_batch: int = Field(default=1, ge=1, le=100)
 
     @model_validator(mode="after")
     def _consistent(self) -> "App":

@@ -6,16 +6,18 @@ module per thing they manage:
   converged (`app_settle`)
 - files: a file whose content is never shown (`private_file`)
 - node: an official Node.js build, checksum-checked (`node_build`)
+- rendezvous: a point every host of a run reaches before any goes on (`rendezvous`)
 - util: what they share (`report_differences`, `detached`, `host_limits`, `SCRIPTS`)
 
 Everything is re-exported here.
 """
 
-from .app import app_live, app_release, app_settle
+from .app import app_drain, app_live, app_release, app_settle
 from .files import private_file
 from .nginx_tree import nginx_config
 from .node import node_build
+from .rendezvous import rendezvous
 from .util import SCRIPTS, detached, host_limits, report_differences
 
-__all__ = ["SCRIPTS", "app_live", "app_release", "app_settle", "detached", "host_limits", "nginx_config", "node_build", "private_file",
+__all__ = ["SCRIPTS", "app_drain", "app_live", "app_release", "app_settle", "detached", "host_limits", "nginx_config", "node_build", "private_file", "rendezvous",
            "report_differences"]

@@ -1,6 +1,7 @@
 """An app release on a host: uploaded once and unpacked beside the others (`app_release`), then made live on
 the idle instance, checked, switched to and the old instance drained (`app_live`, scripts/app-release.sh;
-`ssedeploy rollback` runs it too); `app_settle` converges what a run that died left behind."""
+`ssedeploy rollback` runs it too; a cluster's app host drains once its proxies switched: `app_drain`);
+`app_settle` converges what a run that died left behind."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
-from .. import nginx
-from ..facts import AppInstances, AppReleases, NginxVersion, PathStates, revision_request
+from .. import cluster, nginx
+from ..facts import AppReleases, NginxVersion, PathStates, revision_request
 from ..instances import HostInstances, drain_name, live_port, release_plan, settle_plan, unit_name
 from ..paths import NGINX_STATE, NODE_LINK, STATE, app_dir, legacy_unit_path, node_root
 from ..release import content_of
@@ -55,13 +56,11 @@ def app_release(archive: str, release: str, app_dir: str, cache_dir: str, node_h
 
 
 def instances_on_host(settings: Settings) -> HostInstances:
-    app = settings.app
-    return host.get_fact(AppInstances, app=app.name, app_dir=app_dir(settings), ports=app.instance_ports,
-                         revision_port=settings.site.revision_port)
+    return cluster.instances(host, settings)
 
 
 @operation()
-def app_live(settings: Settings, release: str, pending: bool = False):
+def app_live(settings: Settings, release: str, pending: bool = False, hold: bool = False):
     """
     Make RELEASE live without stopping what serves: start it on the idle instance, check it there, switch
     nginx's upstream to it, drain the old one. Nothing is done when RELEASE is what nginx sends to.
@@ -69,6 +68,8 @@ def app_live(settings: Settings, release: str, pending: bool = False):
     + settings: the host's ssedeploy settings
     + release: the release hash (on the host already: app_release)
     + pending: release even if RELEASE is live (its unit or environment changed)
+    + hold: a cluster's app host: start, check and record it live, no more; its proxies switch to it, then
+      `app_drain` drains the old instance (roles/cluster.py)
     """
     app = settings.app
     found = instances_on_host(settings)
@@ -81,7 +82,7 @@ def app_live(settings: Settings, release: str, pending: bool = False):
     yield FileUploadCommand(str(SCRIPTS / "app-check.js"), f"{STATE}/app-check.js")
     yield FileUploadCommand(str(SCRIPTS / "app-release.sh"), f"{STATE}/app-release.sh")
     switch, fetch = "-", "-"
-    if host.get_fact(NginxVersion):
+    if not hold and host.get_fact(NginxVersion):
         _, commands, stage, _ = staged(settings, plan.idle)
         yield from commands
         yield FileUploadCommand(str(SCRIPTS / "revision-wait.sh"), f"{NGINX_STATE}/revision-wait.sh")
@@ -90,11 +91,34 @@ def app_live(settings: Settings, release: str, pending: bool = False):
     old = None if plan.legacy else plan.old  # the port of what serves; None: the legacy unit (or nothing)
     old_unit = unit_name(app.name, old) if plan.legacy or plan.old else "-"
     yield detached(f"ssedeploy-{app.name}-release", shlex.join([
-        "/bin/sh", f"{STATE}/app-release.sh", app_dir(settings), release, str(plan.idle),
+        "/bin/sh", f"{STATE}/app-release.sh", *(["--hold"] if hold else []), app_dir(settings), release, str(plan.idle),
         unit_name(app.name, plan.idle), drain_name(app.name, plan.idle), old_unit, drain_name(app.name, old),
         str(app.drain_seconds), str(app.keep_releases), node_root(settings), switch, fetch,
         app.bind, app.health_path, str(CHECK_SECONDS), f"{STATE}/app-check.js", *settings.site.sse_paths,
     ]))
+
+
+@operation()
+def app_drain(settings: Settings):
+    """
+    A cluster's app host once every proxy sends to the instance it recorded live: drain the other one if
+    it still runs (stopped after app.drain_seconds, so its streams end with a short `retry:` and come back
+    through the proxies), and keep the newest releases (scripts/app-release.sh --drain).
+
+    + settings: the host's ssedeploy settings
+    """
+    app = settings.app
+    found = instances_on_host(settings)
+    live = live_port(found, app.instance_ports)
+    old = [p for p, inst in sorted(found.instances.items()) if p != live and inst.running and not inst.draining]
+    if live is None or not old:
+        host.noop("nothing to drain")
+        return
+    report_differences([f"{unit_name(app.name, old[0])} (drained: the proxies send to port {live})"])
+    yield FileUploadCommand(str(SCRIPTS / "app-release.sh"), f"{STATE}/app-release.sh")
+    yield shlex.join(["/bin/sh", f"{STATE}/app-release.sh", "--drain", app_dir(settings), unit_name(app.name, old[0]),
+                      drain_name(app.name, old[0]), str(app.drain_seconds), str(app.keep_releases),
+                      node_root(settings)])
 
 
 @operation()

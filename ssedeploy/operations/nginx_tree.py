@@ -10,7 +10,7 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
-from .. import nginx
+from .. import cluster, nginx
 from ..facts import AppInstances, NginxVersion, PathStates
 from ..instances import live_port
 from ..paths import NGINX_STATE, app_dir
@@ -26,12 +26,14 @@ def served_app_port(settings: Settings) -> int:
     return live_port(found, app.instance_ports) or app.instance_ports[0]
 
 
-def staged(settings: Settings, app_port: int, state_dir: str = NGINX_STATE, tls_live: bool = True,
-           tls_files: tuple[str, str] | None = None):
-    """The tree rendered for this host with its upstream at `app_port`: (want, commands that stage it and
-    upload nginx-swap.sh, the stage's path, revision). `want` maps each path the tree owns to its state."""
+def staged(settings: Settings, app_port: int | None, state_dir: str = NGINX_STATE, tls_live: bool = True,
+           tls_files: tuple[str, str] | None = None, servers: list[str] | None = None):
+    """The tree rendered for this host with its upstream at `app_port` (a cluster's proxy: at `servers`, every
+    app host): (want, commands that stage it and upload nginx-swap.sh, the stage's path, revision). `want`
+    maps each path the tree owns to its state."""
     version = host.get_fact(NginxVersion) or settings.nginx.version
-    files, revision = nginx.render_tree(settings, version, host_limits(settings), app_port, tls_live, tls_files)
+    files, revision = nginx.render_tree(settings, version, host_limits(settings), app_port, tls_live, tls_files,
+                                        servers)
     want = {f"{nginx.LIVE}/{rel}": ("F", hashlib.sha256(text.encode()).hexdigest()) for rel, text in files.items()}
     want |= {f"{nginx.LIVE}/{rel}": ("L", target) for rel, target in nginx.LINKS.items()}
     want |= {f"{nginx.LIVE}/{rel}": None for rel in nginx.REMOVED}
@@ -62,7 +64,8 @@ def nginx_config(settings: Settings, state_dir: str = NGINX_STATE, tls_live: boo
     + tls_files: the certificate and key to render instead of the settings' own (see nginx.render_tree)
 
     Renders for the installed nginx version, its upstream at the app instance nginx serves now (a release
-    switches it: operations/app.py), then uploads the files to a staging
+    switches it: operations/app.py; a cluster's proxy: every app host at the port this run has it serve,
+    ssedeploy/cluster.py), then uploads the files to a staging
     directory and runs one host-side step, detached from the SSH session: back up
     /etc/nginx, swap the staged files in, ``nginx -t``; on failure put the backup back
     and fail with nginx's own message. Nothing is done when the live files match.
@@ -73,8 +76,9 @@ def nginx_config(settings: Settings, state_dir: str = NGINX_STATE, tls_live: boo
 
         nginx_config(name="nginx config", settings=settings)
     """
-    want, commands, stage, revision = staged(settings, served_app_port(settings), state_dir, tls_live,
-                                             tls_files)
+    servers = cluster.upstream_servers()
+    want, commands, stage, revision = staged(settings, None if servers else served_app_port(settings), state_dir,
+                                             tls_live, tls_files, servers)
     # nginx-swap.sh's journal: a swap cut short left /etc/nginx part old, part new, untested.
     want |= {f"{state_dir}/swap-in-progress": None}
     current = host.get_fact(PathStates, paths=sorted(want))

@@ -6,8 +6,9 @@ from .instance import SandboxError, Unreachable, down, down_stale, status, up  #
 from .rootfs import DISTROS  # noqa: F401
 
 DEFAULT_NAME = "demo"
+INSTANCE_ENV = "SSEDEPLOY_SANDBOX"
 
 
-def current_name() -> str:
-    """The instance named by SSEDEPLOY_SANDBOX, else `demo` (what `--name` defaults to)."""
-    return os.environ.get("SSEDEPLOY_SANDBOX") or DEFAULT_NAME
+def current_name(default: str = DEFAULT_NAME) -> str:
+    """The instance named by SSEDEPLOY_SANDBOX, else `default` (`demo`, what `--name` defaults to)."""
+    return os.environ.get(INSTANCE_ENV) or default

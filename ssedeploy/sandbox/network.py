@@ -114,7 +114,9 @@ def resolve(hostnames: list[str]) -> list[str]:
 
 
 def ruleset(instance: str, subnet: ipaddress.IPv4Network, archive_addrs: list[str]) -> str:
-    """nftables table: hosts may reach the archive on 80/443 and nothing else off the bridge."""
+    """nftables table: hosts may reach each other (one private network, as a cluster's proxies and app hosts
+    are; bridged traffic passes this chain where br_netfilter is loaded) and the archive on 80/443, and
+    nothing else off the bridge."""
     bridge = bridge_name(instance)
     elements = ", ".join(archive_addrs)
     return f"""table inet {table_name(instance)} {{
@@ -124,6 +126,7 @@ def ruleset(instance: str, subnet: ipaddress.IPv4Network, archive_addrs: list[st
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
+    iifname "{bridge}" oifname "{bridge}" accept
     iifname "{bridge}" ip daddr @archive tcp dport {{ 80, 443 }} accept
     iifname "{bridge}" drop
     oifname "{bridge}" ct state established,related accept

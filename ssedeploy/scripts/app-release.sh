@@ -6,9 +6,11 @@ set -eu  # stop on the first failed command or unset variable
 # ends its streams with a short retry:, and browsers come back to the new instance with Last-Event-ID).
 # Run by systemd-run as a transient unit, so a dropped SSH connection cannot cut it in half.
 #
-# Usage: app-release.sh --record APP_DIR RELEASE PORT   (see record below), or
-#        app-release.sh APP_DIR RELEASE IDLE IDLE_UNIT IDLE_TIMER OLD_UNIT OLD_TIMER DRAIN KEEP NODE_ROOT NGINX FETCH
-#                       CHECK...
+# Usage: app-release.sh --record APP_DIR RELEASE PORT   (see record below),
+#        app-release.sh --drain APP_DIR OLD_UNIT OLD_TIMER DRAIN KEEP NODE_ROOT   (steps 5-7 alone), or
+#        app-release.sh [--hold] APP_DIR RELEASE IDLE IDLE_UNIT IDLE_TIMER OLD_UNIT OLD_TIMER DRAIN KEEP NODE_ROOT
+#                       NGINX FETCH CHECK...
+#   --hold: stop after step 4 (a cluster's app host: its proxies switch to the recorded port, then --drain);
 #   IDLE: the idle instance's port; *_UNIT: the instances' units (OLD_UNIT `-`: none serves); *_TIMER: the
 #   name of the transient timer that drains each (ssedeploy/instances.py names them all);
 #   NODE_ROOT: where the official Node builds live (each release links the one it runs as .ssedeploy-node);
@@ -40,8 +42,11 @@ point() {
 }
 
 # record RELEASE PORT: RELEASE went live on PORT: `current` names it, `previous` what it named, and the
-# history says when (fault points 10-11).
+# history says when (fault points 10-11); `live` names PORT.
 record() {
+    # `live`: the port to send to (in a cluster, what the proxies follow); written whole by a rename.
+    printf '%s\n' "$2" > live.new
+    mv -f live.new live
     was=$(link_of current)
     if [ -n "$was" ] && [ "$was" != "releases/$1" ]; then point previous "$was" 10; fi
     point current "releases/$1" 11
@@ -67,6 +72,53 @@ check_idle() {
     wait "$checker"
 }
 
+# drain_and_prune: steps 5-7, after the switch (or, in a cluster, after every proxy switched).
+drain_and_prune() {
+    # 5. Drain the old instance: stopped after DRAIN seconds by a transient timer that outlives this step.
+    if [ -n "$old_unit" ]; then
+        systemctl stop "$old_timer.timer" "$old_timer.service" 2>/dev/null || true
+        systemctl reset-failed "$old_timer.timer" "$old_timer.service" 2>/dev/null || true
+        if [ "$drain" -gt 0 ]; then
+            systemd-run --quiet --unit="$old_timer" --on-active="$drain" --timer-property=AccuracySec=100ms \
+                systemctl stop "$old_unit"
+        else
+            systemctl stop --no-block "$old_unit"
+        fi
+    fi
+    fault 13
+
+    # 6. Keep the newest KEEP releases, never one that current, previous or an instance names. Rename first
+    #    so a cut removal leaves a .pruning-* the next run deletes, never a partial release.
+    in_use=" $(link_of current) $(link_of previous) "
+    for l in instances/*; do [ -L "$l" ] && in_use="$in_use$(readlink "$l" | sed 's|^\.\./||') "; done
+    ls -1t releases > .releases-by-age
+    n=0
+    while IFS= read -r r || [ -n "$r" ]; do
+        n=$((n + 1))
+        [ "$n" -gt "$keep" ] || continue
+        case $in_use in *" releases/$r "*) continue ;; esac
+        mv -T "releases/$r" "releases/.pruning-$r"
+        fault 14
+        rm -rf "releases/.pruning-$r"
+    done < .releases-by-age
+    rm -f .releases-by-age
+
+    # 7. Keep only the Node builds a kept release runs (renamed first, like a release).
+    if [ -d "$node_root" ]; then
+        used=" "
+        for l in releases/*/.ssedeploy-node; do [ -L "$l" ] && used="$used$(readlink "$l") "; done
+        rm -rf "$node_root"/.install-*  # a cut download (the deploy lock keeps runs apart)
+        for n in "$node_root"/v*; do
+            [ -d "$n" ] || continue
+            case $used in *" $n "*) continue ;; esac
+            gone="$node_root/.pruning-${n##*/}"
+            mv -T "$n" "$gone"
+            fault 15
+            rm -rf "$gone"
+        done
+    fi
+}
+
 # `app-release.sh --record APP_DIR RELEASE PORT`: only that, for a run that finds a release live that a run
 # which died after the switch did not record (ssedeploy/operations/app.py: app_settle).
 if [ "$1" = --record ]; then
@@ -74,6 +126,16 @@ if [ "$1" = --record ]; then
     record "$3" "$4"
     exit 0
 fi
+# `app-release.sh --drain ...`: a cluster's app host once every proxy sends to its new instance.
+if [ "$1" = --drain ]; then
+    app_dir=$2 old_unit=$3 old_timer=$4 drain=$5 keep=$6 node_root=$7
+    [ "$old_unit" != - ] || old_unit=
+    cd "$app_dir"
+    drain_and_prune
+    exit 0
+fi
+hold=
+if [ "$1" = --hold ]; then hold=1; shift; fi
 
 app_dir=$1 release=$2 idle=$3 unit=$4 idle_timer=$5 old_unit=$6 old_timer=$7 drain=$8 keep=$9
 shift 9
@@ -86,7 +148,7 @@ shift 4  # the rest: the SSE paths
 cd "$app_dir" || exit 2
 [ -d "releases/$release" ] || { echo "ssedeploy: $app_dir/releases/$release is not on the host" >&2; exit 1; }
 mkdir -p instances
-rm -f instances/*.new current.new previous.new
+rm -f instances/*.new current.new previous.new live.new
 rm -rf .releases-by-age releases/.pruning-* "$node_root"/.pruning-*
 # A release made before releases linked their Node ran the distro's.
 [ -L "releases/$release/.ssedeploy-node" ] || ln -s /usr "releases/$release/.ssedeploy-node"
@@ -144,47 +206,6 @@ if [ -n "$old_unit" ]; then systemctl disable --quiet "$old_unit" 2>/dev/null ||
 fault 9
 record "$release" "$idle"
 fault 12
-
-# 5. Drain the old instance: stopped after DRAIN seconds by a transient timer that outlives this step.
-if [ -n "$old_unit" ]; then
-    systemctl stop "$old_timer.timer" "$old_timer.service" 2>/dev/null || true
-    systemctl reset-failed "$old_timer.timer" "$old_timer.service" 2>/dev/null || true
-    if [ "$drain" -gt 0 ]; then
-        systemd-run --quiet --unit="$old_timer" --on-active="$drain" --timer-property=AccuracySec=100ms \
-            systemctl stop "$old_unit"
-    else
-        systemctl stop --no-block "$old_unit"
-    fi
-fi
-fault 13
-
-# 6. Keep the newest KEEP releases, never one that current, previous or an instance names. Rename first
-#    so a cut removal leaves a .pruning-* the next run deletes, never a partial release.
-in_use=" $(link_of current) $(link_of previous) "
-for l in instances/*; do [ -L "$l" ] && in_use="$in_use$(readlink "$l" | sed 's|^\.\./||') "; done
-ls -1t releases > .releases-by-age
-n=0
-while IFS= read -r r || [ -n "$r" ]; do
-    n=$((n + 1))
-    [ "$n" -gt "$keep" ] || continue
-    case $in_use in *" releases/$r "*) continue ;; esac
-    mv -T "releases/$r" "releases/.pruning-$r"
-    fault 14
-    rm -rf "releases/.pruning-$r"
-done < .releases-by-age
-rm -f .releases-by-age
-
-# 7. Keep only the Node builds a kept release runs (renamed first, like a release).
-if [ -d "$node_root" ]; then
-    used=" "
-    for l in releases/*/.ssedeploy-node; do [ -L "$l" ] && used="$used$(readlink "$l") "; done
-    rm -rf "$node_root"/.install-*  # a cut download (the deploy lock keeps runs apart)
-    for n in "$node_root"/v*; do
-        [ -d "$n" ] || continue
-        case $used in *" $n "*) continue ;; esac
-        gone="$node_root/.pruning-${n##*/}"
-        mv -T "$n" "$gone"
-        fault 15
-        rm -rf "$gone"
-    done
-fi
+# A cluster's app host stops here: its proxies switch to `live` first, then --drain (roles/cluster.py).
+[ -z "$hold" ] || exit 0
+drain_and_prune

@@ -699,7 +699,7 @@ class World:
 
     def leftovers(self) -> list[str]:
         """What a run cut short left in the app directory (a release's first step removes it)."""
-        known = {"releases", "instances", "current", "previous", "history", "node"}
+        known = {"releases", "instances", "current", "previous", "history", "live", "node"}
         return sorted([p for p in os.listdir(self.dir) if p not in known]
                       + [f"instances/{p}" for p in os.listdir(self.dir / "instances") if not p.isdigit()]
                       + [f"releases/{p}" for p in os.listdir(self.dir / "releases") if p.startswith(".")]

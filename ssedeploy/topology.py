@@ -1,0 +1,93 @@
+"""Which hosts run nginx and which run the app, from the inventory's groups (pure; tables in
+tests/unit/test_topology.py).
+
+Without the groups `proxies` and `apps` (or with every host in both) each host is one whole site: nginx
+and the app side by side, nginx's upstream on loopback, as before. With them, the inventory is a cluster:
+proxies run nginx with an upstream of every app host (least_conn: streams are long-lived, so they are
+spread by count), app hosts run the app on `app.bind`, their private address, reachable by the proxies
+only, and a release rolls over the app hosts `app.rolling_batch` at a time (roles/cluster.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+PROXIES = "proxies"
+APPS = "apps"
+
+
+@dataclass(frozen=True)
+class Topology:
+    proxies: tuple[str, ...] = ()  # in inventory order
+    apps: tuple[str, ...] = ()
+    clustered: bool = False
+
+    def is_proxy(self, name: str) -> bool:
+        return not self.clustered or name in self.proxies
+
+    def is_app(self, name: str) -> bool:
+        return not self.clustered or name in self.apps
+
+
+def topology(hosts: Sequence[str], groups: Mapping[str, Sequence[str]]) -> Topology:
+    """The layout of `hosts` (inventory order) given `groups` (group name -> host names). Raises ValueError
+    naming the host when the groups do not make one: one group without the other, a host in neither."""
+    proxies = tuple(h for h in hosts if h in set(groups.get(PROXIES, ())))
+    apps = tuple(h for h in hosts if h in set(groups.get(APPS, ())))
+    if not proxies and not apps:
+        return Topology()
+    if set(proxies) == set(apps) == set(hosts):  # every host whole: today's single-host layout, once per host
+        return Topology(proxies, apps, clustered=False)
+    for group, members in ((PROXIES, proxies), (APPS, apps)):
+        if not members:
+            other = APPS if group == PROXIES else PROXIES
+            raise ValueError(f"the inventory has a group `{other}` but no `{group}`: a cluster needs both "
+                             f"(proxies run nginx, apps run the app), or neither for one whole host each")
+    for name in hosts:
+        if name not in proxies and name not in apps:
+            raise ValueError(f"host {name}: in neither `{PROXIES}` nor `{APPS}`: in a cluster every host is a "
+                             "proxy (nginx), an app host, or both")
+    return Topology(proxies, apps, clustered=True)
+
+
+def batches(apps: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    """The app hosts in the order a release rolls over them: `size` at a time, inventory order."""
+    return [tuple(apps[i:i + size]) for i in range(0, len(apps), size)]
+
+
+def refusals(topo: Topology, binds: Mapping[str, str], rolling: Mapping[str, int],
+             addresses: Mapping[str, str | None]) -> list[str]:
+    """What stops a cluster before any host is touched: an app host bound to loopback (no proxy could reach
+    it), app hosts that disagree on app.rolling_batch, a proxy whose private address is unknown (the app
+    hosts' firewall admits the proxies by it). `binds`/`rolling`: each app host's app.bind and
+    app.rolling_batch; `addresses`: each proxy's private address (None: unknown)."""
+    if not topo.clustered:
+        return []
+    out = []
+    for name in topo.apps:
+        if ipaddress.ip_address(binds[name]).is_loopback:
+            out.append(f"host {name}: app.bind = {binds[name]!r}: an app host of a cluster must listen on the "
+                       "private address its proxies reach it at (the app stays unreachable from elsewhere: the "
+                       "firewall admits the proxies only)")
+    first = topo.apps[0]
+    for name in topo.apps[1:]:
+        if rolling[name] != rolling[first]:
+            out.append(f"host {name}: app.rolling_batch = {rolling[name]!r}: differs from host {first}'s "
+                       f"{rolling[first]!r}: one release rolls over all app hosts, set it once for the group")
+    for name in topo.proxies:
+        if not addresses.get(name):
+            out.append(f"host {name}: nginx.private_address is not set and ssh_hostname is not an IP address: "
+                       "the app hosts' firewall admits the proxies by the address their connections come from")
+    return out
+
+
+def private_address(setting: str | None, ssh_hostname: str | None) -> str | None:
+    """A proxy's address as app hosts see it: nginx.private_address, else ssh_hostname if it is an IP."""
+    if setting:
+        return setting
+    try:
+        return str(ipaddress.ip_address(ssh_hostname or ""))
+    except ValueError:
+        return None
