@@ -76,12 +76,13 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 
 bench: deps $(BIN)/.bench-installed
 	status=0; $(BIN)/python -m bench.capacity || status=1; $(BIN)/python -m bench.deploy_speed || status=1; \
-	$(BIN)/python -m bench.release_cost || status=1; exit $$status
+	$(BIN)/python -m bench.release_cost || status=1; $(BIN)/python -m bench.rolling || status=1; exit $$status
 
 bench-quick: deps $(BIN)/.bench-installed
 	status=0; $(BIN)/python -m bench.capacity --quick || status=1; \
 	$(BIN)/python -m bench.deploy_speed --quick || status=1; \
-	$(BIN)/python -m bench.release_cost --quick || status=1; exit $$status
+	$(BIN)/python -m bench.release_cost --quick || status=1; \
+	$(BIN)/python -m bench.rolling --quick || status=1; exit $$status
 
 clean: demo-down
 	rm -rf $(VENV) .sandbox

@@ -5,16 +5,23 @@
 2. switched to on every proxy: a validated swap whose upstream names the batch at its new ports, a graceful
    reload and proof that the new workers serve the new revision (new streams go to the new instances; the
    old instances' streams stay on nginx's old workers);
-3. drained on each host: the old instance is stopped after app.drain_seconds and ends its streams with a
-   short `retry:`, so clients come back through the proxies with Last-Event-ID.
+
+and once every batch is switched, every old instance drains: it is stopped after app.drain_seconds and ends
+its streams with a short `retry:`, so clients come back through the proxies with Last-Event-ID.
 
 A proxy stops sending new streams to a host's old instance and sends them to its new, checked one in one
 swap (each host runs two instances), so the host never leaves the upstream and the others never take its
-share. A host whose check fails stops the roll: the batches after it are not started, its old instance
-keeps serving, and the run fails naming it (pyinfra drops a failed host from every later operation). A
-proxy that fails its switch keeps the batch's old instances from being drained. The proxies' config before
-the roll names each app host's instance that serves now, so no proxy ever points only at hosts that are
-not ready.
+share. The drains wait for the last switch because every reload leaves all of a proxy's streams on old
+workers, which nginx cuts after nginx.worker_shutdown_timeout: drained per batch, a stream that came back
+on a worker an instant before the next batch's reload would be cut again, by nginx, without a short retry.
+Drained at the end, each stream is cut once, by its app, while the roll lasts less than
+worker_shutdown_timeout - app.drain_seconds - app.stop_timeout (60 - 30 - 15 s by default; README).
+
+A host whose check fails stops the roll: the batches after it are not started, its old instance keeps
+serving, and the run fails naming it (pyinfra drops a failed host from every later operation); the batches
+switched before it still drain. A proxy that fails its switch keeps every old instance from being drained.
+The proxies' config before the roll names each app host's instance that serves now, so no proxy ever
+points only at hosts that are not ready.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ STARTED = "Every host of the batch is live on its new instance, or failed"
 SWITCH = "Every proxy sends to the batch's new instances (staged, tested, swapped)"
 RELOAD = "Reload nginx gracefully"
 SWITCHED = "Every proxy has switched"
-DRAIN = "Old instance drained"
+DRAIN = "Old instance drained (every batch switched)"
 
 
 def failed() -> set[str]:
@@ -55,6 +62,8 @@ def _batch(settings, owed: Owed | None, k: int) -> None:
     topo = cluster.current()
     plan = batches(topo.apps, cluster.settings_of(topo.apps[0]).app.rolling_batch)
     if k >= len(plan):
+        if host.name in topo.apps and owed is not None:
+            app_drain(name=DRAIN, settings=settings, _if=lambda: not failed() & set(topo.proxies))
         return
     batch = plan[k]
     label = f"batch {k + 1}/{len(plan)}: {', '.join(batch)}"
@@ -68,6 +77,4 @@ def _batch(settings, owed: Owed | None, k: int) -> None:
         server.shell(name=f"{REVISION_CHECK} ({label})", commands=[served_revision_check(settings)],
                      _if=tree.did_change)
     rendezvous(name=f"{SWITCHED} ({label})", settings=settings)
-    if starting:
-        app_drain(name=f"{DRAIN} ({label})", settings=settings, _if=lambda: not failed() & set(topo.proxies))
     _batch(settings, owed, k + 1)

@@ -14,7 +14,7 @@ from .instances import HostInstances, live_port
 from .nginx import address
 from .paths import app_dir
 from .settings import Settings, SettingsError, for_host
-from .topology import APPS, PROXIES, Topology, private_address, refusals, topology
+from .topology import APPS, PROXIES, Topology, app_peers, private_address, refusals, topology
 
 _settings: dict[str, Settings] = {}
 _live: dict[str, int] = {}  # app host -> the port every proxy sends to (as this run has moved it)
@@ -95,10 +95,7 @@ def upstream_servers() -> list[str] | None:
 
 
 def app_allow(name: str) -> list[tuple[int, str]]:
-    """On a cluster's app host: (port, source) of each app instance port for each proxy, what its firewall
-    admits beside SSH (nothing on a host that is not an app host of a cluster)."""
+    """What app host `name`'s firewall admits besides SSH: its instance ports from each proxy."""
     topo = current()
-    if not topo.clustered or name not in topo.apps:
-        return []
-    return [(port, proxy_address(p)) for p in topo.proxies if p != name
-            for port in settings_of(name).app.instance_ports]
+    return app_peers(topo, name, settings_of(name).app.instance_ports,
+                     {p: proxy_address(p) for p in topo.proxies} if topo.clustered else {})

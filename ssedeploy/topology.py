@@ -91,3 +91,11 @@ def private_address(setting: str | None, ssh_hostname: str | None) -> str | None
         return str(ipaddress.ip_address(ssh_hostname or ""))
     except ValueError:
         return None
+
+
+def app_peers(topo: Topology, name: str, ports: Sequence[int], addresses: Mapping[str, str | None]) -> list[tuple[int, str]]:
+    """(port, source) for each of app host `name`'s instance `ports` and each other proxy's address: what its
+    firewall admits besides SSH (nothing unless `name` is an app host of a cluster)."""
+    if not topo.clustered or name not in topo.apps:
+        return []
+    return [(port, addresses[p]) for p in topo.proxies if p != name and addresses.get(p) for port in ports]

@@ -5,7 +5,7 @@ release (polled until a deadline)."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from roles import app as app_role
@@ -38,24 +38,28 @@ def settled(host, settings) -> None:
     wait_until(done, 40, "the old instance drained and stopped, and nginx's old workers gone")
 
 
-def watched(address: str, change: Callable[[], object], count: int = CLIENTS) -> tuple[Report, object]:
-    """Run `change()` while `count` clients stream and a new stream opens every 0.5 s: the figures of the
-    window from just before the change until it returned (and every stream had an event since), and what
-    `change` returned."""
-    fleet = Fleet(address, 80, "/api/stream", count, stagger_s=0.005).start()
+def watched(address: str | Sequence[str], change: Callable[[], object], count: int = CLIENTS) -> tuple[Report, object]:
+    """Run `change()` while `count` clients stream (split evenly over several addresses: a cluster's proxies)
+    and a new stream opens every 0.5 s through each: the figures of the window from just before the change
+    until it returned (and every stream had an event since), and what `change` returned."""
+    addresses = [address] if isinstance(address, str) else list(address)
+    fleets = [Fleet(a, 80, "/api/stream", count // len(addresses), stagger_s=0.005).start() for a in addresses]
+    probers = []
     try:
-        fleet.wait_streaming(30)
-        prober = fleet.prober(every_s=0.5, timeout_s=10).start()
-        since = fleet.mark()
+        for fleet in fleets:
+            fleet.wait_streaming(30)
+        probers = [fleet.prober(every_s=0.5, timeout_s=10).start() for fleet in fleets]
+        since = Fleet.mark()
         outcome = change()
-        until = fleet.mark()
+        until = Fleet.mark()
         # A stream cut by the release reconnects after its retry: wait for each client's next event (one
         # that gave up never has one: the report counts it).
-        wait_until(lambda: all(c.gave_up or (c.events and c.events[-1][1] > until) for c in fleet.clients), 20,
+        everyone = [c for fleet in fleets for c in fleet.clients]
+        wait_until(lambda: all(c.gave_up or (c.events and c.events[-1][1] > until) for c in everyone), 30,
                    "an event after the change on every stream")
     finally:
-        clients = fleet.stop()
-    return report(clients, prober.stop(), since, until), outcome
+        clients = [c for fleet in fleets for c in fleet.stop()]
+    return report(clients, [p for prober in probers for p in prober.stop()], since, until), outcome
 
 
 def assert_unnoticed(r: Report, cut: bool = True, late_s: float = 1.0) -> None:

@@ -17,9 +17,10 @@ from ssedeploy import nginx as conf
 from ssedeploy.facts import AcmeCerts, AppInstances, open_files_limit, parse_instances
 from ssedeploy.instances import HostInstances, live_port
 from ssedeploy.paths import app_dir
-from ssedeploy.inventory import inventory_hosts
+from ssedeploy.inventory import inventory_hosts, inventory_topology
 from ssedeploy.settings import parse
 from ssedeploy.testinfra_hosts import testinfra_host
+from ssedeploy.topology import app_peers, private_address
 
 DIAGNOSTIC_PATTERNS = ("upstream timed out", "worker_connections are not enough", "upstream prematurely closed",
                        "setrlimit")
@@ -47,18 +48,63 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("target", hosts, ids=[name for name, _ in hosts], indirect=True, scope="session")
 
 
-class Target:
-    """One inventory host: its name, settings, testinfra host and derived expectations."""
+class Layout:
+    """The inventory's topology (ssedeploy/topology.py) and every host's data, for what one host's tests need
+    of the others (a proxy's upstream, an app host's firewall)."""
 
-    def __init__(self, name: str, data: dict):
+    def __init__(self, path: str):
+        self.topology = inventory_topology(path)
+        self.data = dict(inventory_hosts(path))
+
+    def settings(self, name: str):
+        return parse(self.data[name], name, offline=True)
+
+    def proxy_addresses(self) -> dict[str, str | None]:
+        return {p: private_address(self.settings(p).nginx.private_address, self.data[p].get("ssh_hostname"))
+                for p in self.topology.proxies}
+
+    def peers(self, name: str) -> list[tuple[int, str]]:
+        return app_peers(self.topology, name, self.settings(name).app.instance_ports, self.proxy_addresses())
+
+
+_layouts: dict[str, Layout] = {}
+
+
+def layout(config) -> Layout:
+    path = config.getoption("--inventory")
+    if path not in _layouts:
+        _layouts[path] = Layout(path)
+    return _layouts[path]
+
+
+class Target:
+    """One inventory host: its name, settings, testinfra host, role in the layout and derived expectations."""
+
+    def __init__(self, name: str, data: dict, layout: Layout):
         self.name = name
         self.data = data
+        self.layout = layout
         self.settings = parse(data, name, offline=True)
         self.address = data.get("ssh_hostname") or name
+        self.runs_nginx, self.runs_app = layout.topology.is_proxy(name), layout.topology.is_app(name)
         try:
             self.host = testinfra_host(name, data)
         except ValueError as exc:
             pytest.fail(str(exc))
+
+    def needs_nginx(self) -> None:
+        if not self.runs_nginx:
+            pytest.skip(f"{self.name}: an app host of the cluster: nginx runs on {', '.join(self.layout.topology.proxies)}")
+
+    def needs_app(self) -> None:
+        if not self.runs_app:
+            pytest.skip(f"{self.name}: a proxy of the cluster: the app runs on {', '.join(self.layout.topology.apps)}")
+
+    def other(self, name: str) -> "Target":
+        """Another host of the inventory (the same Target its own tests use)."""
+        if name not in _targets:
+            _targets[name] = Target(name, self.layout.data[name], self.layout)
+        return _targets[name]
 
     @property
     def limits(self) -> conf.Limits:
@@ -71,13 +117,16 @@ class Target:
         """The app's instances as the deploy reads them (its own fact's command and parser)."""
         app = self.settings.app
         command = AppInstances().command(app=app.name, app_dir=app_dir(self.settings), ports=app.instance_ports,
-                                         revision_port=self.settings.site.revision_port)
+                                         revision_port=self.settings.site.revision_port,
+                                         cluster=self.layout.topology.clustered)
         return parse_instances(self.host.check_output(command).splitlines())
 
     def live_port(self) -> int | None:
         return live_port(self.instances(), self.settings.app.instance_ports)
 
     def diagnostics(self) -> list[str]:
+        if not self.runs_nginx:
+            return [f"app host of the cluster: live instance port {self.live_port()}"]
         out = []
         log = self.host.run("tail -n 2000 /var/log/nginx/error.log 2>/dev/null").stdout
         hits = [line for line in log.splitlines() if any(p in line for p in DIAGNOSTIC_PATTERNS)]
@@ -106,7 +155,7 @@ _targets: dict[str, Target] = {}
 def target(request) -> Target:
     name, data = request.param
     if name not in _targets:
-        _targets[name] = Target(name, data)
+        _targets[name] = Target(name, data, layout(request.config))
     return _targets[name]
 
 

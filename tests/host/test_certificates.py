@@ -15,6 +15,7 @@ from ssedeploy import acme
 
 
 def acme_target(target):
+    target.needs_nginx()
     tls = target.settings.site.tls
     if not tls or tls.mode != "acme":
         pytest.skip(f"{target.name}: site.tls is not mode acme")

@@ -19,7 +19,7 @@ def test_the_firewall_table_is_loaded_as_declared_and_loads_at_boot(target):
     state = fact.process(target.host.check_output(fact.command(live_file=fw.LIVE_FILE, state_dir=fw.STATE,
                                                                table=fw.TABLE)).splitlines())
     ssh_port = s.firewall.ssh_port or int(target.data.get("ssh_port") or 22)
-    declared = fw.ruleset(s, ssh_port)
+    declared = fw.ruleset(s, ssh_port, public=target.runs_nginx, peers=target.layout.peers(target.name))
     assert state["kernel"] is not None, f"{target.name}: table inet {fw.TABLE} is not loaded"
     assert state["live_sha"] == hashlib.sha256(declared.encode()).hexdigest(), \
         f"{target.name}: {fw.LIVE_FILE} is not the ruleset the settings declare (deploy again)"

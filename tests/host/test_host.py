@@ -28,12 +28,16 @@ def directive(tree, name):
 
 def test_packages_and_services(target):
     h = target.host
-    for package in ("nginx", *(["nodejs"] if target.settings.app.node == DISTRO else [])):
+    wanted = [*(["nginx"] if target.runs_nginx else []),
+              *(["nodejs"] if target.runs_app and target.settings.app.node == DISTRO else [])]
+    for package in wanted:
         assert h.package(package).is_installed, f"{target.name}: package {package} is not installed"
-    assert h.service("nginx").is_running and h.service("nginx").is_enabled, f"{target.name}: nginx is not running"
+    if target.runs_nginx:
+        assert h.service("nginx").is_running and h.service("nginx").is_enabled, f"{target.name}: nginx is not running"
 
 
 def test_the_live_instance_runs_the_node_its_release_was_checked_with_as_app_node_says(target):
+    target.needs_app()
     app, port = target.settings.app, target.live_port()
     unit = unit_name(app.name, port)
     release_node = target.host.file(f"{app_dir(target.settings)}/instances/{port}/{NODE_LINK}")
@@ -53,12 +57,17 @@ def test_the_live_instance_runs_the_node_its_release_was_checked_with_as_app_nod
 
 
 def test_exactly_one_instance_receives_new_connections_and_passes_its_check(target):
+    target.needs_app()
     app, found = target.settings.app, target.instances()
     port = target.live_port()
-    assert port is not None and found.served_port == port, \
-        f"{target.name}: nginx serves upstream port {found.served_port}, expected one of {app.instance_ports}"
-    assert found.files_port == port, \
-        f"{target.name}: nginx serves port {port} but its live files name {found.files_port} (a reload is owed)"
+    if target.layout.topology.clustered:  # the proxies' side: tests/host/test_cluster.py
+        assert port is not None and found.recorded_port == port, \
+            f"{target.name}: no live instance recorded, expected one of {app.instance_ports}"
+    else:
+        assert port is not None and found.served_port == port, \
+            f"{target.name}: nginx serves upstream port {found.served_port}, expected one of {app.instance_ports}"
+        assert found.files_port == port, \
+            f"{target.name}: nginx serves port {port} but its live files name {found.files_port} (a reload is owed)"
     unit = unit_name(app.name, port)
     assert target.host.service(unit).is_running, f"{target.name}: {unit}, the one nginx sends to, is not running"
     assert target.host.service(unit).is_enabled, f"{target.name}: {unit} would not start at boot"
@@ -77,11 +86,13 @@ def test_exactly_one_instance_receives_new_connections_and_passes_its_check(targ
 
 
 def test_nginx_config_is_valid(target):
+    target.needs_nginx()
     result = target.host.run("nginx -t")
     assert result.rc == 0, f"{target.name}: nginx -t failed: {result.stderr}"
 
 
 def test_sse_locations_stream_and_nothing_else_is_unbuffered(target):
+    target.needs_nginx()
     tree, s = live_config(target), target.settings
     locations = sse_locations(tree)
     for path in s.site.sse_paths:
@@ -100,6 +111,7 @@ def test_sse_locations_stream_and_nothing_else_is_unbuffered(target):
 
 
 def test_nginx_comes_back_by_itself_after_a_crash(target):
+    target.needs_nginx()
     show = dict(line.split("=", 1) for line in target.host.check_output(
         "systemctl show nginx -p Restart -p RestartUSec").splitlines())
     want = {"Restart": "on-failure", "RestartUSec": f"{RESTART_SECONDS}s"}
@@ -107,6 +119,7 @@ def test_nginx_comes_back_by_itself_after_a_crash(target):
 
 
 def test_site_is_the_default_server_when_it_answers_any_name(target):
+    target.needs_nginx()
     s, dump = target.settings, target.host.check_output("nginx -T 2>/dev/null")
     if not s.site.default_server:
         pytest.skip(f"{target.name}: site.server_names has no '_': other sites may be the default")
@@ -118,6 +131,7 @@ def test_site_is_the_default_server_when_it_answers_any_name(target):
 
 
 def test_gixy_finds_nothing_in_the_live_config_but_unbuffered_sse_locations(target, tmp_path):
+    target.needs_nginx()
     dump = tmp_path / "nginx-T.conf"
     dump.write_text(target.host.check_output("nginx -T 2>/dev/null") + "\n")
     problems = lint(dump, target.settings, dump=True)
@@ -125,6 +139,7 @@ def test_gixy_finds_nothing_in_the_live_config_but_unbuffered_sse_locations(targ
 
 
 def test_x_accel_buffering_is_never_ignored(target):
+    target.needs_nginx()
     dump = target.host.check_output("nginx -T 2>/dev/null")
     ignored = [line.strip() for line in dump.splitlines()
                if line.strip().startswith("proxy_ignore_headers") and "X-Accel-Buffering" in line]
@@ -132,6 +147,7 @@ def test_x_accel_buffering_is_never_ignored(target):
 
 
 def test_sizes_and_timeouts_are_as_derived(target):
+    target.needs_nginx()
     tree, lim = live_config(target), target.limits
     events = next(d["block"] for d in tree if d["directive"] == "events")
     found = {
@@ -148,6 +164,7 @@ def test_sizes_and_timeouts_are_as_derived(target):
 
 
 def test_workers_have_the_file_limit(target):
+    target.needs_nginx()
     want = str(target.limits.worker_rlimit_nofile)
     workers = target.host.check_output("pgrep -P $(cat /run/nginx.pid)").split()
     for pid in workers:
@@ -156,6 +173,7 @@ def test_workers_have_the_file_limit(target):
 
 
 def test_app_unit_is_verified_and_hardened(target):
+    target.needs_app()
     name = unit_name(target.settings.app.name, target.live_port())
     # The live instance, not the bare template: its ExecStart is the Node its release links, which only an
     # instance with a release has.
@@ -168,6 +186,7 @@ def test_app_unit_is_verified_and_hardened(target):
 
 
 def test_app_listens_on_its_bind_address_only(target):
+    target.needs_app()
     port, bind = target.live_port(), target.settings.app.bind
     want = [f"tcp://{bind}:{port}"]
     found = sorted(s for s in target.host.socket.get_listening_sockets() if s.endswith(f":{port}"))
@@ -175,6 +194,7 @@ def test_app_listens_on_its_bind_address_only(target):
 
 
 def test_env_file_is_private(target):
+    target.needs_app()
     app = target.settings.app
     env = target.host.file(env_path(target.settings))
     found = (env.user, env.group, oct(env.mode))
@@ -184,6 +204,7 @@ def test_env_file_is_private(target):
 
 
 def test_every_sse_path_streams_through_nginx(target):
+    target.needs_nginx()
     s = target.settings
     scheme, port = ("https", s.site.tls.port) if s.site.tls else ("http", s.site.listen_port)
     name = next((n for n in s.site.server_names if n not in ("_", "*") and "*" not in n), target.address)

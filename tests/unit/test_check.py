@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from ssedeploy import nginx
-from ssedeploy.check import lint
+from ssedeploy.check import OFFLINE_CPUS, lint
 from ssedeploy.cli import main
 from ssedeploy.settings import OLDEST_NGINX, parse
 
@@ -166,3 +166,83 @@ def test_check_refuses_a_next_build_that_would_not_stream(tmp_path, capsys, sse_
 def test_check_says_an_app_that_is_not_a_next_build_is_not_inspected(capsys):
     assert main(["check", "inventories/prod.py"]) == 0
     assert "is not a Next.js build (no .next/BUILD_ID): its routes were not inspected" in capsys.readouterr().out
+
+
+# -- a cluster: inventory groups `proxies` and `apps` ----------------------------------------------------
+
+def cluster_inventory(bind: bool = True, proxy_hostname: str = "10.0.0.2", groups=("proxies", "apps")) -> str:
+    """Two proxies and two app hosts (the distro's Node: nothing downloaded); `bind`: the app hosts listen on
+    their private addresses (else the default, loopback)."""
+    def app(n: int) -> dict:
+        return {"ssh_hostname": f"10.0.0.1{n}", "app": {"node": "distro", **({"bind": f"10.0.0.1{n}"} if bind else {})}}
+
+    lists = {"proxies": [("proxy-1", {"ssh_hostname": "10.0.0.1"}), ("proxy-2", {"ssh_hostname": proxy_hostname})],
+             "apps": [("app-1", app(1)), ("app-2", app(2))]}
+    return "".join(f"{group} = {lists[group]!r}\n" for group in groups)
+
+
+def cluster_revision(*servers: str) -> str:
+    settings = parse({})
+    return nginx.render_tree(settings, OLDEST_NGINX, nginx.limits(settings, OFFLINE_CPUS, None), servers=list(servers))[1]
+
+
+def test_a_sound_cluster_passes_each_host_checked_for_what_it_runs(tmp_path, capsys):
+    status, out = run_check(tmp_path, capsys, cluster_inventory())
+    assert status == 0, out
+    for app in ("app-1", "app-2"):
+        assert f"host {app}: ok: app host of the cluster (nginx runs on proxy-1, proxy-2)" in out
+        assert not [line for line in out.splitlines() if line.startswith(f"host {app}:") and "nginx 1." in line]
+    # Each proxy's tree is rendered with every app host in its upstream (each at its first instance's port).
+    revision = cluster_revision("10.0.0.11:3000", "10.0.0.12:3000")
+    assert revision != nginx.render_tree(parse({}), OLDEST_NGINX, nginx.limits(parse({}), OFFLINE_CPUS, None))[1]
+    for proxy in ("proxy-1", "proxy-2"):
+        assert f"host {proxy}: ok: nginx {OLDEST_NGINX}, revision {revision}" in out, out
+        # the app's own checks are an app host's, not a proxy's
+        assert not [line for line in out.splitlines() if line.startswith(f"host {proxy}: Node")]
+
+
+def test_a_cluster_app_host_on_loopback_fails_naming_host_and_app_bind(tmp_path, capsys):
+    status, out = run_check(tmp_path, capsys, cluster_inventory(bind=False))
+    assert status == 1
+    for app in ("app-1", "app-2"):
+        assert f"host {app}: app.bind = '127.0.0.1': an app host of a cluster must listen on the private address" in out
+
+
+def test_a_cluster_proxy_without_a_private_address_fails_naming_the_setting(tmp_path, capsys):
+    status, out = run_check(tmp_path, capsys, cluster_inventory(proxy_hostname="proxy-2.example.org"))
+    assert status == 1
+    assert "host proxy-2: nginx.private_address is not set and ssh_hostname is not an IP address" in out
+    assert "host proxy-1: nginx.private_address" not in out
+
+
+@pytest.mark.parametrize("groups,missing,present", [(("apps",), "proxies", "apps"), (("proxies",), "apps", "proxies")])
+def test_a_cluster_group_without_the_other_fails_naming_the_missing_one(tmp_path, capsys, groups, missing, present):
+    status, out = run_check(tmp_path, capsys, cluster_inventory(groups=groups))
+    assert status == 1
+    assert f"the inventory has a group `{present}` but no `{missing}`" in out
+    assert ": ok:" not in out  # nothing is checked on a layout that is none
+
+
+def test_a_host_in_neither_group_of_a_cluster_fails_naming_it(tmp_path, capsys):
+    status, out = run_check(tmp_path, capsys, cluster_inventory() + 'other = [("stray-1", {})]\n')
+    assert status == 1 and "host stray-1: in neither `proxies` nor `apps`" in out
+
+
+@pytest.mark.xfail(raises=KeyError, strict=True, reason=(
+    "check.py passes refusals() the settings of the --limit hosts only, while the topology holds every host: "
+    "refusals() looks up binds[name] for every app host (topology.py, KeyError for an app host not in the limit)"))
+def test_a_cluster_checked_with_limit_to_one_proxy_renders_it_as_the_whole_check_does(tmp_path, capsys):
+    status, out = run_check(tmp_path, capsys, cluster_inventory(), "--limit", "proxy-1")
+    assert status == 0, out
+    assert f"host proxy-1: ok: nginx {OLDEST_NGINX}, revision {cluster_revision('10.0.0.11:3000', '10.0.0.12:3000')}" in out
+    assert "app-1" not in out and "proxy-2" not in out
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "check.py builds refusals()' proxy addresses from the --limit hosts only: every proxy outside the limit "
+    "is refused as if it had no address (`nginx.private_address is not set`), so the check fails"))
+def test_a_cluster_checked_with_limit_to_the_app_hosts_passes(tmp_path, capsys):
+    status, out = run_check(tmp_path, capsys, cluster_inventory(), "--limit", "apps")
+    assert "nginx.private_address" not in out
+    assert status == 0, out
+    assert "host app-1: ok: app host of the cluster" in out and "host app-2: ok" in out

@@ -1,12 +1,15 @@
 """The facts ssedeploy reads from hosts: their commands run by /bin/sh here, their parsing."""
 
 import hashlib
+import os
 import resource
 import subprocess
 
 import pytest
 
-from ssedeploy.facts import NginxRevisions, NginxVersion, NofileHardLimit, PathStates, open_files_limit
+from ssedeploy.facts import (AppInstances, NginxRevisions, NginxVersion, NofileHardLimit, PathStates, open_files_limit,
+                             parse_instances)
+from ssedeploy.instances import Instance, live_port
 
 
 def sh(command: str) -> list[str]:
@@ -66,3 +69,70 @@ def test_the_open_files_read_is_the_kernels_limit():
     assert sh(open_files_limit("self", "hard")) == [str(hard) if hard != resource.RLIM_INFINITY else "unlimited"]
     assert NofileHardLimit().command() == open_files_limit(1, "hard")
     assert NofileHardLimit().process(["524288"]) == 524288 and NofileHardLimit().process(["unlimited"]) is None
+
+
+# -- AppInstances on a cluster's app host: the port it recorded, not nginx's ---------------------------
+
+STUB_SYSTEMCTL = r"""#!/bin/sh
+# is-active/is-enabled UNIT...: web@4001 runs and starts at boot, nothing else does.
+verb=$1; shift
+case "$verb $*" in
+    "is-active web@4001.service") echo active ;;
+    "is-enabled web@4001.service") echo enabled ;;
+    is-enabled*) echo disabled; exit 1 ;;
+    *) echo inactive; exit 3 ;;
+esac
+"""
+
+
+def app_host(tmp_path, live: str | None):
+    """An app directory as app-release.sh leaves it (LIVE: the `live` file's text, None: absent), and an
+    environment whose systemctl is a stub."""
+    app = tmp_path / "web"
+    (app / "instances").mkdir(parents=True)
+    (app / "instances" / "4000").symlink_to("../releases/R1")
+    (app / "instances" / "4001").symlink_to("../releases/R2")
+    (app / "current").symlink_to("releases/R2")
+    (app / "previous").symlink_to("releases/R1")
+    if live is not None:
+        (app / "live").write_text(live)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(STUB_SYSTEMCTL)
+    (bin_dir / "systemctl").chmod(0o755)
+    return app, {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def cluster_fact(app, env) -> list[str]:
+    command = AppInstances().command(app="web", app_dir=str(app), ports=(4000, 4001), revision_port=8573, cluster=True)
+    return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+def test_the_cluster_fact_reads_the_recorded_port_and_never_asks_nginx(tmp_path):
+    app, env = app_host(tmp_path, "4001\n")
+    command = AppInstances().command(app="web", app_dir=str(app), ports=(4000, 4001), revision_port=8573, cluster=True)
+    assert "8573" not in command and "/ssedeploy/upstream" not in command and "/etc/nginx" not in command
+    lines = cluster_fact(app, env)
+    assert lines[0] == "recorded 4001"
+    assert not [line for line in lines if line.startswith(("served", "files"))]
+    found = parse_instances(lines)
+    assert (found.recorded_port, found.served_port, found.files_port) == (4001, None, None)
+    assert live_port(found, (4000, 4001)) == 4001
+    assert (found.current, found.previous) == ("R2", "R1")
+    assert found.instances[4001] == Instance("active", True, "R2", False)
+    assert found.instances[4000] == Instance("inactive", False, "R1", False)
+
+
+@pytest.mark.parametrize("live", [None, "", "garbage\n"])
+def test_the_cluster_fact_without_a_recorded_port_knows_none(tmp_path, live):
+    app, env = app_host(tmp_path, live)
+    lines = cluster_fact(app, env)
+    assert lines[0].startswith("recorded")
+    assert parse_instances(lines).recorded_port is None
+
+
+def test_the_single_host_fact_reads_nginx_not_the_recorded_port():
+    command = AppInstances().command(app="web", app_dir="/srv/web", ports=(4000, 4001), revision_port=8573)
+    assert 'printf "served' in command and 'printf "files' in command
+    assert "recorded" not in command and "/srv/web/live" not in command

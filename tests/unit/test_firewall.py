@@ -242,3 +242,42 @@ def test_the_state_fact_reads_the_boot_file_the_applied_and_the_kernels_table():
         "kernel": "table inet ssedeploy {\n\ttcp dport 1 accept\n}\n", "conntrack_max": 262144,
         "conntrack_writable": True}
     assert FirewallState().process(["live ", "== end", "conntrack "]) == FirewallState.default()
+
+
+# -- a cluster's app host: SSH for everyone, the app's ports for its proxies only -------------------------
+
+PEERS = [(3000, "198.18.0.2"), (3001, "198.18.0.2")]
+
+
+@pytest.mark.parametrize("data", [{}, {"site": {"tls": {"port": 8443}, "listen_port": 8080}}])
+def test_an_app_host_of_a_cluster_opens_ssh_only_to_everyone(data):
+    assert firewall.ports(parse(data), 2222, public=False) == [2222]
+    assert firewall.ports(parse(data), 2222) != [2222]  # nginx's host: the site's ports too
+
+
+def test_an_app_host_of_a_cluster_admits_its_proxies_to_the_app_ports_only():
+    text = firewall.ruleset(parse({"site": {"tls": {}}}), 22, public=False, peers=PEERS)
+    rules = [line.strip() for line in text.splitlines()]
+    assert "tcp dport { 22 } accept" in rules
+    assert "ip saddr 198.18.0.2 tcp dport 3000 accept" in rules
+    assert "ip saddr 198.18.0.2 tcp dport 3001 accept" in rules
+    assert not [r for r in rules if "dport" in r and ("80" in r or "443" in r)], rules
+    assert not [r for r in rules if r.startswith("tcp dport 300")]  # never the app's ports to everyone
+
+
+def test_an_ipv6_proxy_is_admitted_by_its_ipv6_address_beside_the_allow_entries():
+    settings = parse({"firewall": {"allow": [9100]}})
+    text = firewall.ruleset(settings, 22, public=False, peers=[(3000, "fd00::2"), (3000, "198.18.0.3")])
+    rules = [line.strip() for line in text.splitlines()]
+    assert "ip6 saddr fd00::2 tcp dport 3000 accept" in rules
+    assert "ip saddr 198.18.0.3 tcp dport 3000 accept" in rules
+    assert "tcp dport 9100 accept" in rules  # firewall.allow still applies
+
+
+@pytest.mark.skipif(NFT is None or os.geteuid() != 0, reason="nft -c needs nft (and root for its netlink check)")
+@pytest.mark.parametrize("peers", [PEERS, [(3000, "fd00::2"), (3001, "fd00::2"), (3000, "198.18.0.3")]])
+def test_nft_itself_accepts_an_app_hosts_ruleset(tmp_path, peers):
+    path = tmp_path / "fw.nft"
+    path.write_text(firewall.ruleset(parse({"firewall": {"allow": [9100]}}), 22, public=False, peers=peers))
+    result = subprocess.run([NFT, "-c", "-f", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

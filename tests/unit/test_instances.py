@@ -139,3 +139,63 @@ def test_the_fact_reads_the_upstream_port_from_a_rendered_site(tmp_path, bind, p
     files_line = files_line.replace(f"{nginx.LIVE}/{nginx.SITE}", str(site))
     out = subprocess.run(["/bin/sh", "-c", files_line], capture_output=True, text=True, check=True).stdout
     assert parse_instances(out.splitlines()).files_port == port
+
+
+# -- a cluster's app host: no nginx of its own, the port it recorded live ------------------------------
+
+def recorded(port, a=None, b=None, current=None):
+    instances = {p: i for p, i in zip(PORTS, (a, b)) if i is not None}
+    return HostInstances(recorded_port=port, instances=instances, current=current)
+
+
+@pytest.mark.parametrize("served,files,recorded_port,want", [
+    (None, None, 3001, 3001),    # a cluster's app host: only the recorded port is read
+    (None, None, 3000, 3000),
+    (3000, None, 3001, 3000),    # what nginx's workers serve wins
+    (None, 3000, 3001, 3000),    # then nginx's files
+    (8080, 9999, 3001, 3001),    # neither is an instance's port: the recorded one
+    (None, None, 9999, None),    # a recorded port that is no instance's
+    (None, None, None, None),
+])
+def test_live_port_prefers_served_then_files_then_recorded(served, files, recorded_port, want):
+    host = HostInstances(served_port=served, files_port=files, recorded_port=recorded_port)
+    assert live_port(host, PORTS) == want
+
+
+@pytest.mark.parametrize("lines,want", [
+    (["recorded 3001"], 3001),
+    (["recorded 3000 "], 3000),
+    (["recorded "], None),          # nothing recorded yet
+    (["recorded"], None),
+    (["recorded 30x1"], None),
+    (["files 3000"], None),         # the files' port is not the recorded one
+])
+def test_the_fact_reads_the_recorded_port(lines, want):
+    assert parse_instances(lines).recorded_port == want
+
+
+def test_the_fact_reads_a_cluster_app_hosts_whole_output():
+    lines = ["recorded 3001", "instance 3000 active disabled  ../releases/R1",
+             "instance 3001 active enabled  ../releases/R2", "current releases/R2", "previous releases/R1"]
+    assert parse_instances(lines) == HostInstances(
+        recorded_port=3001, instances={3000: Instance("active", False, "R1", False), 3001: UP_R2},
+        current="R2", previous="R1")
+
+
+@pytest.mark.parametrize("host,target,want", [
+    (recorded(3001, a=UP, b=UP_R2), "R2", None),                                   # R2 recorded live: nothing owed
+    (recorded(3001, a=UP, b=UP_R2), "R3", Release(idle=3000, live=3001, old=3001)),
+    (recorded(3000, a=UP, b=STARTED), "R2", Release(idle=3001, live=3000, old=3000)),  # started, never recorded
+])
+def test_release_plan_on_a_cluster_app_host_follows_the_recorded_port(host, target, want):
+    assert release_plan(host, PORTS, target, False) == want
+
+
+def test_a_held_release_not_drained_yet_is_settled_by_stopping_the_old_instance():
+    """After `app-release.sh --hold` the old instance runs with no drain pending: settle stops it at once (a
+    cluster's run drains it first, app_drain, so settle only ever sees this when the drain did not run)."""
+    held = recorded(3001, a=Instance(active="active", enabled=False, release="R1"), b=UP_R2, current="R2")
+    assert settle_plan(held, PORTS, "sseapp") == Settle(stop=("sseapp@3000.service",))
+    drained = recorded(3001, a=Instance(active="active", enabled=False, release="R1", draining=True), b=UP_R2,
+                       current="R2")
+    assert settle_plan(drained, PORTS, "sseapp") == Settle()

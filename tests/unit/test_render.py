@@ -1,5 +1,8 @@
 """The rendered nginx tree, read through crossplane the way nginx reads it."""
 
+import os
+import shutil
+
 import crossplane
 import pytest
 
@@ -296,3 +299,83 @@ def test_listen_port(address, port):
 ])
 def test_foreign_default_servers(data, want):
     assert nginx.foreign_default_servers(nginx.default_listens(DUMP), parse(data)) == want
+
+
+# -- a cluster's proxy: every app host in the upstream ----------------------------------------------------
+
+CLUSTER_SERVERS = [nginx.address("10.0.0.11", 3000), nginx.address("fd00::12", 3001), nginx.address("10.0.0.13", 3000)]
+
+
+def cluster_tree(data, servers=CLUSTER_SERVERS, version="1.22.1"):
+    """(the site file parsed as nginx reads it, the revision) of a proxy whose upstream is SERVERS."""
+    files, revision = nginx.render_tree(parse(data), version, LIMITS, servers=servers)
+    return nginx.parse_dump(files[nginx.SITE]), revision
+
+
+def upstream_block(tree):
+    (upstream,) = [d for d in tree if d["directive"] == "upstream"]
+    return upstream["block"]
+
+
+def test_a_cluster_proxys_upstream_balances_every_app_host_by_least_conn():
+    tree, _ = cluster_tree({"app": {"name": "web"}, "nginx": {"upstream_keepalive": 12}})
+    (upstream,) = [d for d in tree if d["directive"] == "upstream"]
+    assert upstream["args"] == ["web_upstream"]
+    assert [d["directive"] for d in upstream["block"]] == ["least_conn", "server", "server", "server", "keepalive"]
+    assert args_of(upstream["block"], "least_conn") == [[]]
+    # IPv6 in brackets, each at the port its host serves at
+    assert args_of(upstream["block"], "server") == [["10.0.0.11:3000"], ["[fd00::12]:3001"], ["10.0.0.13:3000"]]
+    assert args_of(upstream["block"], "keepalive") == [["12"]]
+
+
+@pytest.mark.parametrize("data,server", [
+    ({}, "127.0.0.1:3000"),
+    ({"app": {"bind": "10.1.2.3", "ports": [4100, 4200]}}, "10.1.2.3:4100"),
+    ({"app": {"bind": "fd00::5"}}, "[fd00::5]:3000"),
+])
+def test_a_single_hosts_upstream_is_its_own_app_without_least_conn(data, server):
+    files, _ = nginx.render_tree(parse(data), "1.22.1", LIMITS)
+    block = upstream_block(nginx.parse_dump(files[nginx.SITE]))
+    assert not args_of(block, "least_conn")
+    assert args_of(block, "server") == [[server]]
+    assert args_of(block, "keepalive") == [[str(parse(data).nginx.upstream_keepalive)]]
+
+
+@pytest.mark.parametrize("servers", [None, CLUSTER_SERVERS])
+@pytest.mark.parametrize("tls", [False, True])
+def test_every_sse_location_tries_the_next_app_and_the_site_gives_up_connecting_soon(servers, tls):
+    data = {"site": {"sse_paths": ["/api/stream", "/events"], **({"tls": {}} if tls else {})}}
+    files, _ = nginx.render_tree(parse(data), "1.22.1", LIMITS, servers=servers)
+    main = public_server(nginx.parse_dump(files[nginx.SITE]))
+    locs = locations(main)
+    for path in ("^~ /api/stream", "^~ /events"):
+        assert locs[path]["proxy_next_upstream"] == ["error", "timeout"], path
+    assert args_of(main, "proxy_connect_timeout") == [[f"{nginx.CONNECT_TIMEOUT}s"]]
+    assert 0 < nginx.CONNECT_TIMEOUT < 60  # shorter than nginx's default
+
+
+def test_a_cluster_proxys_revision_server_names_every_app_host_it_sends_to():
+    tree, revision = cluster_tree({})
+    rev_server = next(s for s in servers(tree) if args_of(s, "listen") == [[f"127.0.0.1:{Site().revision_port}"]])
+    assert locations(rev_server)["= /ssedeploy/revision"]["return"] == ["200", f"{revision}\\n"]
+    assert locations(rev_server)["= /ssedeploy/upstream"]["return"] == [
+        "200", f"{revision} 10.0.0.11:3000 [fd00::12]:3001 10.0.0.13:3000\\n"]
+
+
+def test_a_cluster_proxys_revision_follows_each_app_hosts_port():
+    _, revision = cluster_tree({})
+    _, moved = cluster_tree({}, servers=[CLUSTER_SERVERS[0], nginx.address("fd00::12", 3000), CLUSTER_SERVERS[2]])
+    _, again = cluster_tree({})
+    _, single = nginx.render_tree(parse({}), "1.22.1", LIMITS)
+    assert revision == again and len({revision, moved, single}) == 3
+
+
+@pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"), reason="needs a local nginx")
+def test_nginx_itself_accepts_a_cluster_proxys_tree(tmp_path):
+    from ssedeploy.check import local_nginx_test, write_prefix
+
+    settings = parse({"site": {"tls": {}}})
+    files, _ = nginx.render_tree(settings, "1.18.0", LIMITS, servers=CLUSTER_SERVERS)
+    conf = write_prefix(tmp_path, settings, files)
+    problems, skipped = local_nginx_test(conf, "1.18.0")
+    assert problems == [] and skipped is None

@@ -1404,3 +1404,173 @@ def test_acme_issue_registers_anew_once_when_the_ca_forgot_the_account(acme_env,
     assert len(calls(acme_env, "certbot")) == 2
     assert not (tmp_path / "accounts" / "ca.test:14000").exists()
     assert (tmp_path / "accounts" / "other.test" / "directory" / "kept").is_dir()  # another CA's account stays
+
+
+# -- app-release.sh on a cluster's app host: --hold, then --drain ---------------------------------------
+# The same World, seen as a cluster's app host: its AppInstances fact reads the port it recorded (`live`),
+# never an nginx (the proxies are other hosts), and app_live holds (no switch, no drain) until app_drain.
+# Its nginx files stay as they were: nothing of a held release touches them.
+
+def as_cluster_app_host(world: World) -> World:
+    """WORLD's fact read as on a cluster's app host (cluster=True); `live` records the port A serves at."""
+    def found() -> HostInstances:
+        command = AppInstances().command(app=APP, app_dir=app_dir(SETTINGS), ports=PORTS,
+                                         revision_port=SETTINGS.site.revision_port, cluster=True)
+        assert UPSTREAM_PATH not in command and NGINX_LIVE not in command
+        out = subprocess.run(world.here(command), shell=True, env={**world.env, "STUB_LOG": os.devnull},
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return parse_instances(out.stdout.splitlines())
+
+    world.found = found
+    (world.dir / "live").write_text(f"{LIVE_PORT}\n")
+    return world
+
+
+@pytest.fixture
+def app_host(world):
+    return as_cluster_app_host(world)
+
+
+def held(world: World, target: str = "B", fault: str | None = None):
+    """app_live with hold: (the script's arguments, its result), or None when nothing is owed."""
+    commands, noops = world.operation(app_ops.app_live, SETTINGS, target, False, True)
+    if not commands:
+        assert noops
+        return None
+    (command,) = commands
+    words = shlex.split(command)
+    assert words[0] == "systemd-run" and "--wait" in words
+    args = words[words.index(f"{STATE}/app-release.sh") + 1:]
+    return args, run(world.env, "app-release.sh", *map(world.here, args), fault=fault)
+
+
+def drained(world: World, fault: str | None = None):
+    """app_drain: (its command, the result), or None when there is nothing to drain."""
+    commands, noops = world.operation(app_ops.app_drain, SETTINGS)
+    if not commands:
+        assert noops == ["nothing to drain"]
+        return None
+    (command,) = commands
+    words = shlex.split(command)
+    assert words[:3] == ["/bin/sh", f"{STATE}/app-release.sh", "--drain"]
+    return words, run(world.env, "app-release.sh", *map(world.here, words[2:]), fault=fault)
+
+
+def live_file(world: World) -> str | None:
+    path = world.dir / "live"
+    return path.read_text() if path.exists() else None
+
+
+def test_app_live_with_hold_asks_for_no_nginx_switch(app_host):
+    args, result = held(app_host)
+    assert result.returncode == 0, result.stderr
+    assert args[0] == "--hold"
+    # --hold APP_DIR RELEASE IDLE IDLE_UNIT IDLE_TIMER OLD_UNIT OLD_TIMER DRAIN KEEP NODE_ROOT NGINX FETCH CHECK...
+    assert args[1:4] == [app_dir(SETTINGS), "B", str(IDLE_PORT)]
+    assert args[6] == unit_name(APP, LIVE_PORT)
+    assert args[11:13] == ["-", "-"]
+    assert not [p for p in app_host.nginx.state.iterdir() if p.name.startswith("stage-")]  # nothing staged
+
+
+def test_a_held_release_starts_checks_and_records_the_idle_instance_and_leaves_the_old_one_serving(app_host):
+    world = app_host
+    args, result = held(world)
+    assert result.returncode == 0, result.stderr
+    idle, old = unit_name(APP, IDLE_PORT), unit_name(APP, LIVE_PORT)
+    idle_drain = drain_name(APP, IDLE_PORT)
+    log = Path(world.env["STUB_LOG"]).read_text().splitlines()
+    assert [line for line in log if not line.startswith("systemctl show")] == [
+        f"systemctl stop {idle_drain}.timer {idle_drain}.service",
+        f"systemctl stop {idle}",
+        f"systemctl reset-failed {idle}",
+        f"systemctl start {idle}",
+        f"node:releases/B/{NODE_LINK}/bin/node {world.check_js} 127.0.0.1 {IDLE_PORT} /healthz {CHECK_SECONDS} /api/stream",
+        f"check passed {IDLE_PORT} B",
+        f"systemctl enable --quiet {idle}",
+        f"systemctl disable --quiet {old}",   # 4. recorded; and that is all: no drain, no prune
+    ]
+    assert live_file(world) == f"{IDLE_PORT}\n" and not (world.dir / "live.new").exists()
+    assert (world.link("current"), world.link("previous")) == ("releases/B", "releases/A")
+    assert world.history() == [*HISTORY, ("B", IDLE_PORT)]
+    # Both instances run: the old one serves every proxy until they switch; nothing drains it yet.
+    assert world.instances() == {IDLE_PORT: ("active", True, "B", "../releases/B"),
+                                 LIVE_PORT: ("active", False, "A", "../releases/A")}
+    assert not world.timers() and not calls(world.env, "systemd-run") and not touches(world.env, old)
+    assert world.releases() == sorted(World.AGES) and world.bookkeeping()["node"] == [OLD_NODE_HOME, NODE_HOME]
+    assert not world.leftovers()
+    # This host's nginx (a proxy's, elsewhere) was not touched.
+    assert not calls(world.env, "nginx") and snapshot(world.nginx.live) == world.tree
+    assert world.upstream() == f"{rev(LIVE_PORT)} {LIVE_PORT}"
+    # The run reads the recorded port: B is live there, nothing more is owed.
+    assert live_port(world.found(), PORTS) == IDLE_PORT and world.serving() == "B"
+    assert held(world) is None
+
+
+def test_drain_after_a_held_release_drains_as_a_release_does_and_prunes(app_host, tmp_path_factory):
+    world = app_host
+    _, essentials, bookkeeping = reference("good", world.env, tmp_path_factory)
+    assert held(world)[1].returncode == 0
+    Path(world.env["STUB_LOG"]).unlink()
+    old, old_drain = unit_name(APP, LIVE_PORT), drain_name(APP, LIVE_PORT)
+    words, result = drained(world)
+    assert result.returncode == 0, result.stderr
+    assert words[3:] == [app_dir(SETTINGS), old, old_drain, str(SETTINGS.app.drain_seconds),
+                         str(SETTINGS.app.keep_releases), node_root(SETTINGS)]
+    # Exactly step 5 of a release that is not held.
+    assert Path(world.env["STUB_LOG"]).read_text().splitlines() == [
+        f"systemctl stop {old_drain}.timer {old_drain}.service",
+        f"systemctl reset-failed {old_drain}.timer {old_drain}.service",
+        f"systemd-run --quiet --unit={old_drain} --on-active={SETTINGS.app.drain_seconds} "
+        f"--timer-property=AccuracySec=100ms systemctl stop {old}",
+    ]
+    assert world.timers() == {old_drain: [str(SETTINGS.app.drain_seconds), f"systemctl stop {old}"]}
+    assert world.found().instances[LIVE_PORT].draining
+    # Pruned beyond keep_releases (2) as a release is: Z and the Node build only Z ran go.
+    assert world.releases() == ["A", "B", "BAD"] and world.bookkeeping()["node"] == [NODE_HOME]
+    assert drained(world) is None  # the old one drains already
+    assert world.settle() == []
+    world.drains_end()
+    # Where the single host's uninterrupted release ends, nginx aside.
+    assert world.instances() == essentials["instances"] and world.timers() == essentials["timers"] == {}
+    assert world.link("current") == essentials["current"] and world.bookkeeping() == bookkeeping
+    assert live_file(world) == f"{IDLE_PORT}\n"
+    assert drained(world) is None and held(world) is None
+
+
+def test_drain_with_no_old_unit_only_prunes(app_host):
+    world = app_host
+    assert held(world)[1].returncode == 0
+    Path(world.env["STUB_LOG"]).unlink()
+    result = run(world.env, "app-release.sh", "--drain", world.dir, "-", drain_name(APP, None),
+                 SETTINGS.app.drain_seconds, 2, world.node_root)
+    assert result.returncode == 0, result.stderr
+    assert not Path(world.env["STUB_LOG"]).exists()  # no systemctl, no systemd-run: nothing stopped or drained
+    assert not world.timers()
+    assert world.instances()[LIVE_PORT] == ("active", False, "A", "../releases/A")
+    assert world.releases() == ["A", "B", "BAD"] and world.bookkeeping()["node"] == [NODE_HOME]
+    assert not world.leftovers()
+
+
+@pytest.mark.parametrize("mode", ["kill", "fail"])
+def test_a_held_release_cut_after_recording_leaves_live_whole_and_the_next_run_converges(
+        app_host, tmp_path_factory, mode):
+    world = app_host
+    _, essentials, bookkeeping = reference("good", world.env, tmp_path_factory)
+    _, result = held(world, fault="12" if mode == "kill" else "12:fail")
+    if mode == "kill":
+        assert killed(result), result.stderr
+    else:
+        assert result.returncode == 1 and "fault injected at point 12" in result.stderr, result.stderr
+    assert live_file(world) == f"{IDLE_PORT}\n" and not (world.dir / "live.new").exists()
+    assert world.serving() == "B"
+    assert world.instances()[LIVE_PORT] == ("active", False, "A", "../releases/A")  # still serves the proxies
+    assert not touches(world.env, unit_name(APP, LIVE_PORT))
+    # The next run: nothing owed (B recorded live), the proxies switch, the old instance drains, settled.
+    assert held(world) is None
+    assert drained(world)[1].returncode == 0
+    assert world.settle() == []
+    world.drains_end()
+    assert world.instances() == essentials["instances"] and world.link("current") == essentials["current"]
+    assert world.bookkeeping() == bookkeeping and not world.timers()
+    assert drained(world) is None and held(world) is None
