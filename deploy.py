@@ -21,14 +21,13 @@ between (roles/cluster.py).
 
 from pyinfra import host
 
-from roles.app import DRIFT, SETTLE, app, build_preflight
+from roles.app import DRIFT, app, build_preflight
 from roles.cluster import roll
 from roles.firewall import firewall
 from roles.nginx import nginx
 from roles.node import node, preflight, runtime
 from ssedeploy import cluster
 from ssedeploy.deploy_lock import hold
-from ssedeploy.operations import app_settle
 from ssedeploy.run_results import record_run
 from ssedeploy.sudo_check import check as check_sudo
 
@@ -51,5 +50,3 @@ if runs_nginx:
 owed = app(settings, node_runtime, roll=topology.clustered) if runs_app else None
 if topology.clustered:
     roll(settings, owed)
-    if runs_app:
-        app_settle(name=SETTLE, settings=settings)

@@ -19,7 +19,8 @@ worker_shutdown_timeout - app.drain_seconds - app.stop_timeout (60 - 30 - 15 s b
 
 A host whose check fails stops the roll: the batches after it are not started, its old instance keeps
 serving, and the run fails naming it (pyinfra drops a failed host from every later operation); the batches
-switched before it still drain. A proxy that fails its switch keeps every old instance from being drained.
+switched before it still drain. A proxy that fails its switch keeps every old instance running (neither drained
+nor settled).
 The proxies' config before the roll names each app host's instance that serves now, so no proxy ever
 points only at hosts that are not ready.
 """
@@ -30,10 +31,10 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 
-from roles.app import Owed, make_live
+from roles.app import SETTLE, Owed, make_live
 from roles.nginx import REVISION_CHECK, served_revision_check
 from ssedeploy import cluster
-from ssedeploy.operations import app_drain, nginx_config, rendezvous
+from ssedeploy.operations import app_drain, app_settle, nginx_config, rendezvous
 from ssedeploy.topology import batches
 
 ROLE = "rolling release"
@@ -62,8 +63,12 @@ def _batch(settings, owed: Owed | None, k: int) -> None:
     topo = cluster.current()
     plan = batches(topo.apps, cluster.settings_of(topo.apps[0]).app.rolling_batch)
     if k >= len(plan):
-        if host.name in topo.apps and owed is not None:
-            app_drain(name=DRAIN, settings=settings, _if=lambda: not failed() & set(topo.proxies))
+        if host.name in topo.apps:
+            # A proxy that failed its switch still sends to the old instances: they keep running.
+            switched = lambda: not failed() & set(topo.proxies)  # noqa: E731
+            if owed is not None:
+                app_drain(name=DRAIN, settings=settings, _if=switched)
+            app_settle(name=SETTLE, settings=settings, _if=switched)
         return
     batch = plan[k]
     label = f"batch {k + 1}/{len(plan)}: {', '.join(batch)}"

@@ -174,19 +174,23 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
     except ValueError as exc:
         out(str(exc))
         return 1
+    # A cluster's layout needs every host, also those --limit leaves out (a proxy renders every app host).
+    everyone, limited = dict(inventory_hosts(inventory_path)), {name for name, _ in hosts}
     parsed = {}
-    for name, data in hosts:
+    for name, data in everyone.items():
         try:
             parsed[name] = parse(data, name)
         except SettingsError as exc:
-            out(str(exc))
-            failed += 1
-    if topo.clustered and not failed:
-        everyone = dict(hosts)
-        lines = refusals(topo, {n: parsed[n].app.bind for n in topo.apps if n in parsed},
-                         {n: parsed[n].app.rolling_batch for n in topo.apps if n in parsed},
+            if name in limited:
+                out(str(exc))
+                failed += 1
+    if topo.clustered and len(parsed) == len(everyone):
+        lines = refusals(topo, {n: parsed[n].app.bind for n in topo.apps},
+                         {n: parsed[n].app.rolling_batch for n in topo.apps},
                          {n: private_address(parsed[n].nginx.private_address, everyone[n].get("ssh_hostname"))
-                          for n in topo.proxies if n in parsed}) if len(parsed) == len(everyone) else []
+                          for n in topo.proxies},
+                         {n: (parsed[n].app.drain_seconds, parsed[n].app.stop_timeout) for n in topo.apps},
+                         {n: parsed[n].nginx.worker_shutdown_timeout for n in topo.proxies})
         for line in lines:
             out(line)
         failed += len(lines)

@@ -37,7 +37,9 @@ def load(offline: bool = False) -> Topology:
     problems = refusals(
         topo, binds={n: _settings[n].app.bind for n in topo.apps},
         rolling={n: _settings[n].app.rolling_batch for n in topo.apps},
-        addresses={n: proxy_address(n) for n in topo.proxies})
+        addresses={n: proxy_address(n) for n in topo.proxies},
+        overlap={n: (_settings[n].app.drain_seconds, _settings[n].app.stop_timeout) for n in topo.apps},
+        shutdown={n: _settings[n].nginx.worker_shutdown_timeout for n in topo.proxies})
     if problems:
         raise SettingsError("\n".join(problems))
     _loaded[:] = [topo]

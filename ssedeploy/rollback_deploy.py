@@ -51,5 +51,3 @@ elif not topology.clustered:
     app_settle(name="App instances settled", settings=settings)
 if topology.clustered:  # a refused host stops the roll before any batch starts
     roll(settings, Owed(release, False) if release else None)
-    if topology.is_app(host.name):
-        app_settle(name="App instances settled", settings=settings)

@@ -58,11 +58,14 @@ def batches(apps: Sequence[str], size: int) -> list[tuple[str, ...]]:
 
 
 def refusals(topo: Topology, binds: Mapping[str, str], rolling: Mapping[str, int],
-             addresses: Mapping[str, str | None]) -> list[str]:
+             addresses: Mapping[str, str | None], overlap: Mapping[str, tuple[int, int]] | None = None,
+             shutdown: Mapping[str, int] | None = None) -> list[str]:
     """What stops a cluster before any host is touched: an app host bound to loopback (no proxy could reach
     it), app hosts that disagree on app.rolling_batch, a proxy whose private address is unknown (the app
-    hosts' firewall admits the proxies by it). `binds`/`rolling`: each app host's app.bind and
-    app.rolling_batch; `addresses`: each proxy's private address (None: unknown)."""
+    hosts' firewall admits the proxies by it), an app host whose drain outlasts a proxy's old workers.
+    `binds`/`rolling`: each app host's app.bind and app.rolling_batch; `addresses`: each proxy's private
+    address (None: unknown); `overlap`: each app host's (app.drain_seconds, app.stop_timeout); `shutdown`: each
+    proxy's nginx.worker_shutdown_timeout."""
     if not topo.clustered:
         return []
     out = []
@@ -76,6 +79,15 @@ def refusals(topo: Topology, binds: Mapping[str, str], rolling: Mapping[str, int
         if rolling[name] != rolling[first]:
             out.append(f"host {name}: app.rolling_batch = {rolling[name]!r}: differs from host {first}'s "
                        f"{rolling[first]!r}: one release rolls over all app hosts, set it once for the group")
+    for name in topo.apps if overlap and shutdown else ():
+        drain, stop = overlap[name]
+        for proxy in topo.proxies:
+            if drain + stop >= shutdown[proxy]:
+                out.append(f"host {name}: app.drain_seconds = {drain!r}: app.drain_seconds + app.stop_timeout "
+                           f"({drain + stop} s) must stay below host {proxy}'s nginx.worker_shutdown_timeout "
+                           f"({shutdown[proxy]} s): the old instance must end its streams (with a short retry:) "
+                           "before the proxy's old workers cut them")
+                break
     for name in topo.proxies:
         if not addresses.get(name):
             out.append(f"host {name}: nginx.private_address is not set and ssh_hostname is not an IP address: "

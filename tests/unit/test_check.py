@@ -228,9 +228,6 @@ def test_a_host_in_neither_group_of_a_cluster_fails_naming_it(tmp_path, capsys):
     assert status == 1 and "host stray-1: in neither `proxies` nor `apps`" in out
 
 
-@pytest.mark.xfail(raises=KeyError, strict=True, reason=(
-    "check.py passes refusals() the settings of the --limit hosts only, while the topology holds every host: "
-    "refusals() looks up binds[name] for every app host (topology.py, KeyError for an app host not in the limit)"))
 def test_a_cluster_checked_with_limit_to_one_proxy_renders_it_as_the_whole_check_does(tmp_path, capsys):
     status, out = run_check(tmp_path, capsys, cluster_inventory(), "--limit", "proxy-1")
     assert status == 0, out
@@ -238,9 +235,6 @@ def test_a_cluster_checked_with_limit_to_one_proxy_renders_it_as_the_whole_check
     assert "app-1" not in out and "proxy-2" not in out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "check.py builds refusals()' proxy addresses from the --limit hosts only: every proxy outside the limit "
-    "is refused as if it had no address (`nginx.private_address is not set`), so the check fails"))
 def test_a_cluster_checked_with_limit_to_the_app_hosts_passes(tmp_path, capsys):
     status, out = run_check(tmp_path, capsys, cluster_inventory(), "--limit", "apps")
     assert "nginx.private_address" not in out

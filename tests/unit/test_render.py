@@ -321,8 +321,9 @@ def test_a_cluster_proxys_upstream_balances_every_app_host_by_least_conn():
     tree, _ = cluster_tree({"app": {"name": "web"}, "nginx": {"upstream_keepalive": 12}})
     (upstream,) = [d for d in tree if d["directive"] == "upstream"]
     assert upstream["args"] == ["web_upstream"]
-    assert [d["directive"] for d in upstream["block"]] == ["least_conn", "server", "server", "server", "keepalive"]
+    assert [d["directive"] for d in upstream["block"]] == ["least_conn", "zone", "server", "server", "server", "keepalive"]
     assert args_of(upstream["block"], "least_conn") == [[]]
+    assert args_of(upstream["block"], "zone") == [["web_upstream", "64k"]]  # one count of streams per proxy
     # IPv6 in brackets, each at the port its host serves at
     assert args_of(upstream["block"], "server") == [["10.0.0.11:3000"], ["[fd00::12]:3001"], ["10.0.0.13:3000"]]
     assert args_of(upstream["block"], "keepalive") == [["12"]]
