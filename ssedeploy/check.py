@@ -207,7 +207,9 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
             lim = nginx.limits(settings, OFFLINE_CPUS, None)
             servers = [nginx.address(parsed[n].app.bind, parsed[n].app.instance_ports[0]) for n in topo.apps
                        if n in parsed] if topo.clustered else None
-            files, revision = nginx.render_tree(settings, version, lim, servers=servers or None)
+            peers = [a for p in topo.proxies if p != name and topo.clustered
+                     and (a := private_address(parsed[p].nginx.private_address, everyone[p].get("ssh_hostname")))]
+            files, revision = nginx.render_tree(settings, version, lim, servers=servers or None, acme_peers=peers)
             with tempfile.TemporaryDirectory(prefix="ssedeploy-check-") as tmp:
                 conf = write_prefix(Path(tmp), settings, files)
                 problems = lint(conf, settings)
@@ -230,7 +232,9 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
         out(f"host {name}: {'FAILED' if problems else 'ok'}: {summary}")
         failed += bool(problems)
     for server_name, names in acme_names.items():
-        if len(names) > 1:
+        # A cluster's proxies share their names: each asks for its own certificate, and the one the CA reaches
+        # answers the others' tokens from them (templates/nginx/acme-challenge.conf.j2).
+        if len(names) > 1 and not (topo.clustered and set(names) <= set(topo.proxies)):
             out(f"warning: hosts {', '.join(names)} each ask the ACME CA for {server_name}: HTTP-01 reaches only the "
                 "host the name points to, so the others' requests fail; give each host its own names, or use "
                 "site.tls.mode 'files' with one certificate for all")

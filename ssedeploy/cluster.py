@@ -101,3 +101,11 @@ def app_allow(name: str) -> list[tuple[int, str]]:
     topo = current()
     return app_peers(topo, name, settings_of(name).app.instance_ports,
                      {p: proxy_address(p) for p in topo.proxies} if topo.clustered else {})
+
+
+def acme_peers(name: str) -> list[str]:
+    """A cluster's proxy: the other proxies' addresses, which it asks for HTTP-01 tokens it does not hold."""
+    topo = current()
+    if not topo.clustered or name not in topo.proxies:
+        return []
+    return [a for p in topo.proxies if p != name and (a := proxy_address(p))]

@@ -10,6 +10,7 @@ import hashlib
 import math
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ TLS_DIR = "/etc/ssl/ssedeploy"
 # /etc/nginx and the app's tree, so nothing else is served from it).
 ACME_WEBROOT = "/var/lib/ssedeploy/acme-challenge"
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+# Where a cluster's proxy serves the tokens it holds to the other proxies (for a name that points elsewhere).
+ACME_PEER_PATH = "/.well-known/ssedeploy-acme-peer/"
 DROP_IN = "/etc/systemd/system/nginx.service.d/ssedeploy.conf"
 # After a crash systemd starts nginx again this many seconds later (the drop-in's Restart=on-failure).
 RESTART_SECONDS = 1
@@ -125,11 +128,13 @@ def address(host: str, port: int) -> str:
 
 def render_tree(settings: Settings, version: str, lim: Limits, app_port: int | None = None,
                 tls_live: bool = True, tls_files: tuple[str, str] | None = None,
-                servers: list[str] | None = None) -> tuple[dict[str, str], str]:
+                servers: list[str] | None = None, acme_peers: Sequence[str] = ()) -> tuple[dict[str, str], str]:
     """The files ssedeploy owns under /etc/nginx, and the revision that identifies them.
 
     `app_port`: the app instance the upstream sends to (default: the first instance's port).
     `servers`: a cluster's proxy: every app host's `ADDRESS:PORT` instead, balanced by least_conn.
+    `acme_peers`: a cluster's proxy in mode acme: the other proxies' addresses, asked for HTTP-01 tokens this
+    one does not hold (each proxy asks the CA for its own certificate of the same names; the CA reaches one).
     `tls_live`: False while an ACME certificate does not exist yet: the site is served over plain HTTP (with
     the HTTP-01 challenge location) until the certificate is issued; `tls_files`: the pair to serve meanwhile
     instead (the self-signed or your own one a site served before moving to ACME).
@@ -137,14 +142,17 @@ def render_tree(settings: Settings, version: str, lim: Limits, app_port: int | N
     app_port = app_port or settings.app.instance_ports[0]
     new_http2 = version_tuple(version) >= (1, 25, 1)  # `http2 on;` replaced `listen ... http2`
     cert, key = tls_files or tls_paths(settings)
+    acme = bool(settings.site.tls and settings.site.tls.mode == "acme")
     conf = render("nginx/nginx.conf.j2", settings=settings, limits=lim, live=LIVE, includes=SITE_INCLUDES)
     site = render(
         "nginx/site.conf.j2", settings=settings, upstream=upstream_name(settings), balanced=servers is not None,
         upstream_servers=servers or [address(settings.app.bind, app_port)], fallback_header=FALLBACK_HEADER,
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=settings.proxy_read_timeout, new_http2=new_http2, cert=cert, key=key,
-        tls=settings.site.tls if tls_live else None, acme=bool(settings.site.tls and settings.site.tls.mode == "acme"),
-        acme_webroot=ACME_WEBROOT, acme_path=ACME_CHALLENGE_PATH,
+        tls=settings.site.tls if tls_live else None, acme=acme,
+        acme_webroot=ACME_WEBROOT, acme_path=ACME_CHALLENGE_PATH, acme_peer_path=ACME_PEER_PATH,
+        acme_peers=[address(peer, 80) for peer in acme_peers] if acme else [],
+        acme_upstream=f"{upstream_name(settings)}_acme_peers",
     )
     digest = hashlib.sha256()
     for name, text in ((NGINX_CONF, conf), (SITE, site), *sorted(LINKS.items())):

@@ -33,7 +33,7 @@ def staged(settings: Settings, app_port: int | None, state_dir: str = NGINX_STAT
     maps each path the tree owns to its state."""
     version = host.get_fact(NginxVersion) or settings.nginx.version
     files, revision = nginx.render_tree(settings, version, host_limits(settings), app_port, tls_live, tls_files,
-                                        servers)
+                                        servers, cluster.acme_peers(host.name))
     want = {f"{nginx.LIVE}/{rel}": ("F", hashlib.sha256(text.encode()).hexdigest()) for rel, text in files.items()}
     want |= {f"{nginx.LIVE}/{rel}": ("L", target) for rel, target in nginx.LINKS.items()}
     want |= {f"{nginx.LIVE}/{rel}": None for rel in nginx.REMOVED}

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 from xml.etree import ElementTree
@@ -30,7 +32,7 @@ from ssedeploy.settings import merge, parse
 from ssedeploy.sse import read_stream
 
 from .eventsource import Fleet, report
-from .helpers import booted, host_of, pyinfra, ssedeploy
+from .helpers import HTTPS_ON, booted, host_of, pyinfra, ssedeploy
 from .polling import wait_until
 from .releasing import build, watched
 
@@ -63,9 +65,9 @@ def inventory(tmp: Path, data: dict, per_host: dict | None = None) -> Path:
     return path
 
 
-def deploy(cl, data: dict | None = None, per_host: dict | None = None, check: bool = False):
+def deploy(cl, data: dict | None = None, per_host: dict | None = None, check: bool = False, env: dict | None = None):
     path = inventory(cl["tmp"], merge(SETTINGS, data or {}), per_host)
-    return pyinfra("-y", str(path), "deploy.py", instance=INSTANCE, check=check)
+    return pyinfra("-y", str(path), "deploy.py", instance=INSTANCE, check=check, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +309,31 @@ def test_an_app_host_that_vanishes_loses_its_streams_for_the_stated_bound_and_th
     settled(cl)
     for p in cl["proxies"]:
         assert upstream(p) == served_at(cl), p["name"]
+
+
+# -- certificates -------------------------------------------------------------------------------------------
+
+def served_certificate(address: str, name: str, roots: str) -> dict:
+    """The certificate `address` serves for `name`, verified against `roots` as a browser would."""
+    context = ssl.create_default_context(cafile=roots)
+    with socket.create_connection((address, 443), timeout=10) as raw, context.wrap_socket(raw, server_hostname=name) as tls:
+        return tls.getpeercert()
+
+
+def test_both_proxies_get_a_certificate_for_the_name_they_share(cl):
+    """The site's name points at the first proxy only (the sandbox's DNS); the second proxy's HTTP-01 token is
+    fetched by the CA from the first, which asks its peers for a token it does not hold."""
+    first = cl["proxies"][0]
+    shared = first["acme_site"]
+    ran = deploy(cl, per_host={cl["proxies"][1]["name"]: {"site": {"server_names": [shared]}}}, env=HTTPS_ON)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    for p in cl["proxies"]:
+        issued = [o["name"] for o in ran.results.operations(p["name"]) if o["name"].startswith("nginx | ACME certificate from the CA")]
+        assert issued and ran.results.of(p["name"], issued[0]) == "changed", issued
+        cert = served_certificate(p["address"], shared, first["acme_roots"])
+        assert ("DNS", shared) in cert["subjectAltName"], (p["name"], cert["subjectAltName"])
+    serials = {served_certificate(p["address"], shared, first["acme_roots"])["serialNumber"] for p in cl["proxies"]}
+    assert len(serials) == 2, "each proxy serves its own certificate"
+    # The second proxy's token went out through the first: it answered the first's request for it.
+    log = host_of(cl["proxies"][1]).check_output("sudo cat /var/log/nginx/access.log")
+    assert f"GET {nginx.ACME_PEER_PATH}" in log and " 200 " in log.split(f"GET {nginx.ACME_PEER_PATH}", 1)[1].splitlines()[0], log[-2000:]

@@ -380,3 +380,50 @@ def test_nginx_itself_accepts_a_cluster_proxys_tree(tmp_path):
     conf = write_prefix(tmp_path, settings, files)
     problems, skipped = local_nginx_test(conf, "1.18.0")
     assert problems == [] and skipped is None
+
+
+ACME = {"site": {"server_names": ["shop.example.org"], "tls": {"mode": "acme", "email": "ops@example.org"}}}
+
+
+def locations(tree) -> dict[str, dict]:
+    return {" ".join(d["args"]): {c["directive"]: c["args"] for c in d["block"]}
+            for d, _ in nginx.walk(tree) if d["directive"] == "location"}
+
+
+def test_a_cluster_proxy_asks_the_other_proxies_for_a_token_it_does_not_hold():
+    files, _ = nginx.render_tree(parse(ACME), "1.22.1", LIMITS, servers=CLUSTER_SERVERS,
+                                 acme_peers=["10.0.0.2", "fd00::3"])
+    tree = nginx.parse_dump(files[nginx.SITE])
+    (peers,) = [d for d in tree if d["directive"] == "upstream" and d["args"] == ["sseapp_upstream_acme_peers"]]
+    assert args_of(peers["block"], "server") == [["10.0.0.2:80"], ["[fd00::3]:80"]]
+    found = locations(tree)
+    assert found[f"^~ {nginx.ACME_CHALLENGE_PATH}"]["error_page"] == ["404", "=", "@acme_peers"]
+    # A peer's request is answered from its own tokens only: no location it reaches forwards again.
+    assert found[f"^~ {nginx.ACME_PEER_PATH}"]["alias"] == [f"{nginx.ACME_WEBROOT}{nginx.ACME_CHALLENGE_PATH}"]
+    assert "proxy_pass" not in found[f"^~ {nginx.ACME_PEER_PATH}"] and "error_page" not in found[f"^~ {nginx.ACME_PEER_PATH}"]
+    forward = found["@acme_peers"]
+    assert forward["proxy_pass"] == ["http://sseapp_upstream_acme_peers"]
+    assert forward["rewrite"][1] == f"{nginx.ACME_PEER_PATH}$1" and forward["proxy_next_upstream"][-1] == "http_404"
+
+
+@pytest.mark.parametrize("data,servers,peers", [
+    (ACME, None, []),                                     # one whole host: its own tokens only
+    (ACME, CLUSTER_SERVERS, []),                          # the cluster's only proxy
+    ({}, CLUSTER_SERVERS, ["10.0.0.2"]),                  # no ACME: peers do not matter
+])
+def test_without_other_proxies_or_acme_nothing_is_asked_of_peers(data, servers, peers):
+    files, _ = nginx.render_tree(parse(data), "1.22.1", LIMITS, servers=servers, acme_peers=peers)
+    text = files[nginx.SITE]
+    assert "@acme_peers" not in text and nginx.ACME_PEER_PATH not in text and "acme_peers" not in text
+
+
+@pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"), reason="needs a local nginx")
+def test_nginx_and_gixy_accept_a_cluster_proxys_acme_tree(tmp_path):
+    from ssedeploy.check import lint, local_nginx_test, write_prefix
+
+    settings = parse(ACME)
+    files, _ = nginx.render_tree(settings, "1.18.0", LIMITS, servers=CLUSTER_SERVERS, acme_peers=["10.0.0.2"])
+    conf = write_prefix(tmp_path, settings, files)
+    problems, skipped = local_nginx_test(conf, "1.18.0")
+    assert problems == [] and skipped is None
+    assert lint(conf, settings) == []
