@@ -149,9 +149,9 @@ def test_every_proxy_sends_to_every_app_host_at_its_live_instance(cl):
         assert upstream(p) == want, p["name"]
 
 
-def test_verify_passes_on_the_cluster(cl):
+def test_drift_finds_none_and_verify_passes_on_the_cluster(cl):
     path, junit = inventory(cl["tmp"], SETTINGS), cl["tmp"] / "verify.xml"
-    result = ssedeploy("verify", str(path), "--junitxml", str(junit), instance=INSTANCE, check=False, timeout=600)
+    result = ssedeploy("drift", str(path), "--junitxml", str(junit), instance=INSTANCE, check=False, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     passed = {case.get("name") for case in ElementTree.parse(junit).iter("testcase") if not len(case)}
     # The cluster's own checks ran and passed (they skip on a single host): each proxy's upstream, each app's firewall.
@@ -244,40 +244,6 @@ def test_a_check_that_fails_on_one_app_host_stops_the_roll(cl):
 
 # -- losing an app host -------------------------------------------------------------------------------------
 
-def stop_app(info) -> str:
-    unit = unit_name(APP.name, live(info)[0])
-    host_of(info).run_expect([0], f"sudo systemctl stop {unit}")
-    return unit
-
-
-def test_an_app_host_whose_app_stops_loses_no_stream_and_with_no_app_up_clients_get_the_retry_answer(cl):
-    victim = cl["apps"][0]
-    units = {}
-
-    def change():
-        units[victim["name"]] = stop_app(victim)
-        wait_until(lambda: streams_on(victim) == 0, 15, f"no stream left on {victim['name']}")
-
-    r, _ = watched([p["address"] for p in cl["proxies"]], change, count=90)
-    # The stopped app ended its streams with a short retry:, and they came back on the other app hosts.
-    assert r.clients_cut > 0 and r.clients_unrecovered == 0 and r.gave_up == 0, r
-    assert r.lost_ids == 0 and r.repeated_ids == 0 and r.non_200 == 0 and r.fallback_answers == 0, r
-    assert r.worst_gap_minus_retry_s is not None and r.worst_gap_minus_retry_s <= 2, r
-    try:
-        for a in cl["apps"][1:]:
-            units[a["name"]] = stop_app(a)
-        for p in cl["proxies"]:
-            answer = read_stream(p["address"], 80, "/api/stream", duration=5, until=lambda s: s.blocks)
-            assert answer.status == 200 and answer.headers.get(nginx.FALLBACK_HEADER.lower()) == "1", answer
-    finally:
-        for a in cl["apps"]:
-            if a["name"] in units:
-                host_of(a).run(f"sudo systemctl start {units[a['name']]}")
-    for p in cl["proxies"]:
-        wait_until(lambda: read_stream(p["address"], 80, "/api/stream", duration=3, until=lambda s: s.events).events,
-                   20, f"streams again through {p['name']}")
-
-
 def test_an_app_host_that_vanishes_loses_its_streams_for_the_stated_bound_and_the_next_run_converges(cl):
     victim = cl["apps"][1]
 
@@ -309,6 +275,41 @@ def test_an_app_host_that_vanishes_loses_its_streams_for_the_stated_bound_and_th
     settled(cl)
     for p in cl["proxies"]:
         assert upstream(p) == served_at(cl), p["name"]
+
+
+def stop_app(info) -> str:
+    unit = unit_name(APP.name, live(info)[0])
+    host_of(info).run_expect([0], f"sudo systemctl stop {unit}")
+    return unit
+
+
+def test_an_app_host_whose_app_stops_loses_no_stream_and_with_no_app_up_clients_get_the_retry_answer(cl):
+    victim = cl["apps"][0]
+    units = {}
+
+    def change():
+        wait_until(lambda: streams_on(victim) > 0, 10, f"streams on {victim['name']}")
+        units[victim["name"]] = stop_app(victim)
+        wait_until(lambda: streams_on(victim) == 0, 15, f"no stream left on {victim['name']}")
+
+    r, _ = watched([p["address"] for p in cl["proxies"]], change, count=90)
+    # The stopped app ended its streams with a short retry:, and they came back on the other app hosts.
+    assert r.clients_cut > 0 and r.clients_unrecovered == 0 and r.gave_up == 0, r
+    assert r.lost_ids == 0 and r.repeated_ids == 0 and r.non_200 == 0 and r.fallback_answers == 0, r
+    assert r.worst_gap_minus_retry_s is not None and r.worst_gap_minus_retry_s <= 2, r
+    try:
+        for a in cl["apps"][1:]:
+            units[a["name"]] = stop_app(a)
+        for p in cl["proxies"]:
+            answer = read_stream(p["address"], 80, "/api/stream", duration=5, until=lambda s: s.blocks)
+            assert answer.status == 200 and answer.headers.get(nginx.FALLBACK_HEADER.lower()) == "1", answer
+    finally:
+        for a in cl["apps"]:
+            if a["name"] in units:
+                host_of(a).run(f"sudo systemctl start {units[a['name']]}")
+    for p in cl["proxies"]:
+        wait_until(lambda: read_stream(p["address"], 80, "/api/stream", duration=3, until=lambda s: s.events).events,
+                   20, f"streams again through {p['name']}")
 
 
 # -- certificates -------------------------------------------------------------------------------------------
