@@ -12,7 +12,9 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,12 +94,13 @@ def ssh(host: dict, command: str, timeout: float = 120, input: str | None = None
     return run(*ssh_args(host), command, timeout=timeout, input=input, check=check).stdout
 
 
-def app_instances(host: dict, settings: Settings | None = None) -> instances.HostInstances:
-    """The app's instances on a host, read with the deploy's own fact (default settings' app)."""
+def app_instances(host: dict, settings: Settings | None = None, cluster: bool = False) -> instances.HostInstances:
+    """The app's instances on a host, read with the deploy's own fact (default settings' app); `cluster`: an
+    app host of a cluster (its live instance is the one it recorded)."""
     settings = settings or parse({})
     app = settings.app
     command = AppInstances().command(app=app.name, app_dir=app_dir(settings), ports=app.instance_ports,
-                                     revision_port=settings.site.revision_port)
+                                     revision_port=settings.site.revision_port, cluster=cluster)
     return parse_instances(ssh(host, f"sudo bash -c {shlex.quote(command)}").splitlines())
 
 
@@ -150,6 +153,23 @@ def machine_line(facts: dict) -> str:
     return "Measured " + ", ".join(f"{k}: {v}" for k, v in facts.items()) + "."
 
 
+def build(tmp: Path, mark: str) -> str:
+    """A build of examples/sse-app whose content hash differs from the others' by one file."""
+    source = tmp / f"app-{mark}"
+    shutil.copytree(REPO / "examples" / "sse-app", source)
+    (source / "release-mark.txt").write_text(mark + "\n")
+    return str(source)
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fmt(value, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
 def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -158,6 +178,33 @@ def table(header: list[str], rows: list[list]) -> str:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+# The columns and targets of a release seen by streaming clients (bench/release_cost.py, bench/rolling.py).
+STREAM_COLUMNS = ["clients", "clients cut", "max cuts per client", "worst gap s", "worst gap - retry s", "lost ids",
+                  "non-200", "fallback", "probes' worst first event s", "deploy wall time s"]
+
+
+def stream_cells(row: dict) -> list[str]:
+    """STREAM_COLUMNS' cells of one event's row (tests/e2e/eventsource.py's Report, and the deploy's time)."""
+    return [fmt(row[key]) for key in ("clients", "clients_cut", "max_cuts_per_client", "worst_gap_s",
+                                      "worst_gap_minus_retry_s", "lost_ids", "non_200", "fallback_answers",
+                                      "probe_worst_first_event_s")] + [fmt(row["deploy_wall_s"], 1)]
+
+
+def stream_targets(rows: list[dict]) -> dict[str, str]:
+    """What no stream may notice of a release, PASS or FAIL over every event's row."""
+    non_200, fallback = sum(r["non_200"] for r in rows), sum(r["fallback_answers"] for r in rows)
+    lost, cuts = sum(r["lost_ids"] for r in rows), max(r["max_cuts_per_client"] for r in rows)
+    gaps = [r["worst_gap_minus_retry_s"] for r in rows if r["worst_gap_minus_retry_s"] is not None]
+    return {
+        "zero non-200 answers": f"{verdict(non_200 == 0)} ({non_200})",
+        "zero fallback answers": f"{verdict(fallback == 0)} ({fallback})",
+        "zero lost ids": f"{verdict(lost == 0)} ({lost})",
+        "at most 1 cut per client": f"{verdict(cuts <= 1)} ({cuts})",
+        "worst gap - retry <= 1 s": f"{verdict(max(gaps) <= 1)} ({max(gaps):.2f} s)" if gaps
+                                    else "PASS (no stream was cut)",
+    }
 
 
 def publish(stem: str, full: str, markdown: str, data: dict, plot=None) -> None:

@@ -23,16 +23,13 @@ import hashlib
 import json
 import os
 import re
-import resource
 import shlex
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from bench import common
 from ssedeploy import instances, run_results
-from ssedeploy.facts import AppInstances, parse_instances
 from ssedeploy.inventory import HTTPS_ENV
 from ssedeploy.paths import app_dir
 from ssedeploy.settings import parse
@@ -56,9 +53,7 @@ OLD_WORKERS = "pgrep -c -f '^nginx: worker process is shutting down' || true"
 # Established connections to the app's instance ports on an app host: "LOCAL PEER" per line.
 SPREAD = ("ss -Htn state established '( " + " or ".join(f"sport = :{p}" for p in PORTS) + " )' "
           "| awk '{print $(NF-1), $NF}'")
-COLUMNS = ["event", "clients", "clients cut", "max cuts per client", "worst gap s", "worst gap - retry s",
-           "lost ids", "non-200", "fallback", "probes' worst first event s", "deploy wall time s",
-           "streams per app host before", "streams per app host after"]
+COLUMNS = ["event", *common.STREAM_COLUMNS, "streams per app host before", "streams per app host after"]
 
 
 def inventory_text(source: str | None) -> str:
@@ -76,14 +71,6 @@ def inventory_text(source: str | None) -> str:
         f"proxies = [(n, dict(d, nginx=_nginx, app=_app)) for n, d in _hosts[:{PROXY_COUNT}]]\n"
         f"apps = [(n, dict(d, nginx=_nginx, app=dict(_app, bind=d['ssh_hostname']))) for n, d in _hosts[{PROXY_COUNT}:]]\n"
     )
-
-
-def build(tmp: Path, mark: str) -> str:
-    """A build of examples/sse-app whose content hash differs from the others' by one file."""
-    source = tmp / f"app-{mark}"
-    shutil.copytree(common.REPO / "examples" / "sse-app", source)
-    (source / "release-mark.txt").write_text(mark + "\n")
-    return str(source)
 
 
 class Deployer:
@@ -119,11 +106,7 @@ def parallel(fn, items: list) -> list:
 
 
 def app_state(host: dict) -> instances.HostInstances:
-    """An app host's instances read with the deploy's own fact, as a cluster's app host (the live port is
-    the one it recorded)."""
-    command = AppInstances().command(app=APP, app_dir=app_dir(DEFAULTS), ports=PORTS,
-                                     revision_port=DEFAULTS.site.revision_port, cluster=True)
-    return parse_instances(common.ssh(host, f"sudo bash -c {shlex.quote(command)}").splitlines())
+    return common.app_instances(host, DEFAULTS, cluster=True)
 
 
 def live(host: dict) -> int | None:
@@ -235,11 +218,6 @@ def code_state() -> dict:
             "diff_sha256": hashlib.sha256(diff.encode()).hexdigest()[:12] if diff else None}
 
 
-def cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def cut_causes(clients, since: float, until: float) -> dict:
     """The window's cuts by who ended the stream: the app's drain (its shutdown `retry:` of 0.5-1.5 s was in
     force) or something else with the stream's first `retry:` (5 s) in force: an old nginx worker's
@@ -272,7 +250,7 @@ def event(proxies: list[dict], apps: list[dict], clients: int, deploy) -> dict:
         probers = [fleet.prober(every_s=PROBE_EVERY_S, timeout_s=10).start() for fleet in fleets]
         spread_before = spread(apps, proxies)
         code = code_state()
-        cpu0, since, t0 = cpu_s(), Fleet.mark(), time.monotonic()
+        cpu0, since, t0 = common.cpu_s(), Fleet.mark(), time.monotonic()
         ran = deploy()
         wall = time.monotonic() - t0
         done = common.poll(lambda: settled(proxies, apps), SETTLE_S, every=0.5)
@@ -283,7 +261,7 @@ def event(proxies: list[dict], apps: list[dict], clients: int, deploy) -> dict:
                                           for c in everyone), RESUME_S)
         probes = [p for prober in probers for p in prober.stop()]  # no probe stream left open for the count
         spread_after = spread(apps, proxies)
-        cpu = cpu_s() - cpu0
+        cpu = common.cpu_s() - cpu0
         load = os.getloadavg()
         elapsed = Fleet.mark() - since
     finally:  # the streams end also when the deploy failed
@@ -308,10 +286,6 @@ def event(proxies: list[dict], apps: list[dict], clients: int, deploy) -> dict:
                f"worst gap {r.worst_gap_s} s, non-200 {r.non_200}, fallback {r.fallback_answers}, "
                f"lost ids {r.lost_ids}; cuts {row['cuts']}")
     return row
-
-
-def fmt(value, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
 
 def short(name: str) -> str:
@@ -342,22 +316,11 @@ def label(row: dict) -> str:
 
 
 def summary(rows: list[dict], facts: dict) -> tuple[str, dict]:
-    lines = [[label(r), fmt(r["clients"]), fmt(r["clients_cut"]), fmt(r["max_cuts_per_client"]),
-              fmt(r["worst_gap_s"]), fmt(r["worst_gap_minus_retry_s"]), fmt(r["lost_ids"]), fmt(r["non_200"]),
-              fmt(r["fallback_answers"]), fmt(r["probe_worst_first_event_s"]), fmt(r["deploy_wall_s"], 1),
-              streams(r["spread_before"]), streams(r["spread_after"])] for r in rows]
-    non_200, fallback = sum(r["non_200"] for r in rows), sum(r["fallback_answers"] for r in rows)
-    lost, max_cuts = sum(r["lost_ids"] for r in rows), max(r["max_cuts_per_client"] for r in rows)
-    gaps = [r["worst_gap_minus_retry_s"] for r in rows if r["worst_gap_minus_retry_s"] is not None]
+    lines = [[label(r), *common.stream_cells(r), streams(r["spread_before"]), streams(r["spread_after"])] for r in rows]
     unmoved = [short(n) for r in rows for n in r["live_before"] if r["live_before"][n] == r["live_after"][n]]
     failed = [r for r in rows if r["deploy_exit"] or not r["settled"]]
     targets = {
-        "zero non-200 answers": f"{common.verdict(non_200 == 0)} ({non_200})",
-        "zero fallback answers": f"{common.verdict(fallback == 0)} ({fallback})",
-        "zero lost ids": f"{common.verdict(lost == 0)} ({lost})",
-        "at most 1 cut per client": f"{common.verdict(max_cuts <= 1)} ({max_cuts})",
-        "worst gap - retry <= 1 s": f"{common.verdict(max(gaps) <= 1)} ({max(gaps):.2f} s)"
-                                    if gaps else "PASS (no stream was cut)",
+        **common.stream_targets(rows),
         "every app host moved to its other instance, the deploy succeeded and the roll settled":
             common.verdict(not unmoved and not failed)
             + (f" (not moved: {', '.join(unmoved)})" if unmoved else "")
@@ -373,10 +336,10 @@ def summary(rows: list[dict], facts: dict) -> tuple[str, dict]:
         apps = [n for n in t if "new_started_s" in t[n]]
         proxies = [n for n in t if "reloads_s" in t[n]]
         when = ("Timeline, seconds from the deploy's start: " + "; ".join(
-            f"app host {short(n)} new instance started {fmt(t[n]['new_started_s'], 1)}, old one SIGTERMed "
-            f"{fmt(t[n]['old_sigterm_s'], 1)}, stopped {fmt(t[n]['old_stopped_s'], 1)}" for n in apps)
+            f"app host {short(n)} new instance started {common.fmt(t[n]['new_started_s'], 1)}, old one SIGTERMed "
+            f"{common.fmt(t[n]['old_sigterm_s'], 1)}, stopped {common.fmt(t[n]['old_stopped_s'], 1)}" for n in apps)
             + "; " + "; ".join(f"proxy {short(n)} reloaded nginx at "
-                               f"{', '.join(fmt(x, 1) for x in t[n]['reloads_s']) or 'never'}" for n in proxies)
+                               f"{', '.join(common.fmt(x, 1) for x in t[n]['reloads_s']) or 'never'}" for n in proxies)
             + ". ")
         reloads = sorted(x for n in proxies for x in t[n]["reloads_s"])
         sigterms = [t[n]["old_sigterm_s"] for n in apps if t[n]["old_sigterm_s"] is not None]
@@ -460,7 +423,7 @@ def main() -> None:
         common.log(f"first deploy of the cluster: {first['seconds']:.1f} s")
         if not common.poll(lambda: settled(proxies, apps), SETTLE_S, every=0.5):
             raise RuntimeError(f"the first deploy did not settle within {SETTLE_S} s")
-        build2 = build(tmp, "build-2")
+        build2 = common.build(tmp, "build-2")
         row = event(proxies, apps, clients, lambda: deploy(source=build2, check=False))
         row["boot_s"], row["first_deploy_s"] = round(booted - started, 1), round(first["seconds"], 1)
         facts = machine(proxies[0], apps[0])

@@ -606,17 +606,18 @@ class World:
             dest.write_text(upload.src.getvalue() if hasattr(upload.src, "getvalue") else Path(upload.src).read_text())
         return [c for c in yielded if isinstance(c, str)], controller.noops
 
-    def live(self, target: str, fault: str | None = None, settings=SETTINGS):
-        """app_live: the release script with the arguments it builds, run here (None: nothing owed)."""
-        commands, noops = self.operation(app_ops.app_live, settings, target)
+    def live(self, target: str, fault: str | None = None, settings=SETTINGS, hold: bool = False):
+        """app_live: the release script with the arguments it builds (kept in `last_args`), run here (None:
+        nothing owed); `hold`: a cluster's app host."""
+        commands, noops = self.operation(app_ops.app_live, settings, target, False, hold)
         if not commands:
             assert noops
             return None
         (command,) = commands
         words = shlex.split(command)
         assert words[0] == "systemd-run" and "--wait" in words
-        at = words.index(f"{STATE}/app-release.sh")
-        return run(self.env, "app-release.sh", *map(self.here, words[at + 1:]), fault=fault)
+        self.last_args = words[words.index(f"{STATE}/app-release.sh") + 1:]
+        return run(self.env, "app-release.sh", *map(self.here, self.last_args), fault=fault)
 
     def settle(self) -> list[str]:
         """app_settle: its commands, run here."""
@@ -1434,15 +1435,8 @@ def app_host(world):
 
 def held(world: World, target: str = "B", fault: str | None = None):
     """app_live with hold: (the script's arguments, its result), or None when nothing is owed."""
-    commands, noops = world.operation(app_ops.app_live, SETTINGS, target, False, True)
-    if not commands:
-        assert noops
-        return None
-    (command,) = commands
-    words = shlex.split(command)
-    assert words[0] == "systemd-run" and "--wait" in words
-    args = words[words.index(f"{STATE}/app-release.sh") + 1:]
-    return args, run(world.env, "app-release.sh", *map(world.here, args), fault=fault)
+    result = world.live(target, fault, hold=True)
+    return None if result is None else (world.last_args, result)
 
 
 def drained(world: World, fault: str | None = None):
