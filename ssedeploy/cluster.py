@@ -14,7 +14,7 @@ from .instances import HostInstances, live_port
 from .nginx import address
 from .paths import app_dir
 from .settings import Settings, SettingsError, for_host
-from .topology import APPS, PROXIES, Topology, app_peers, private_address, refusals, topology
+from .topology import APPS, PROXIES, Topology, app_peers, limit_refusal, private_address, refusals, topology
 
 _settings: dict[str, Settings] = {}
 _live: dict[str, int] = {}  # app host -> the port every proxy sends to (as this run has moved it)
@@ -40,8 +40,10 @@ def load(offline: bool = False) -> Topology:
         addresses={n: proxy_address(n) for n in topo.proxies},
         overlap={n: (_settings[n].app.drain_seconds, _settings[n].app.stop_timeout) for n in topo.apps},
         shutdown={n: _settings[n].nginx.worker_shutdown_timeout for n in topo.proxies})
-    if problems:
-        raise SettingsError("\n".join(problems))
+    limit = host.state.limit_hosts
+    limited = limit_refusal(topo, {h.name for h in limit} if isinstance(limit, list) else None)
+    if problems or limited:
+        raise SettingsError("\n".join([*problems, *([limited] if limited else [])]))
     _loaded[:] = [topo]
     return topo
 

@@ -11,7 +11,7 @@ only, and a release rolls over the app hosts `app.rolling_batch` at a time (role
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 PROXIES = "proxies"
@@ -111,3 +111,17 @@ def app_peers(topo: Topology, name: str, ports: Sequence[int], addresses: Mappin
     if not topo.clustered or name not in topo.apps:
         return []
     return [(port, addresses[p]) for p in topo.proxies if p != name and addresses.get(p) for port in ports]
+
+
+def limit_refusal(topo: Topology, limited: Collection[str] | None) -> str | None:
+    """Why a run limited to `limited` hosts (pyinfra's --limit; None: not limited) cannot run: app hosts
+    without every proxy, whose switch to their release would never happen while their old instance drains."""
+    if not topo.clustered or limited is None:
+        return None
+    apps = [a for a in topo.apps if a in limited]
+    missing = [p for p in topo.proxies if p not in limited]
+    if not apps or not missing:
+        return None
+    return (f"host {apps[0]}: this run is limited to app hosts ({', '.join(apps)}) without the proxies "
+            f"{', '.join(missing)}: every proxy switches to an app host's release before its old instance drains; "
+            f"include them (--limit {PROXIES},{','.join(apps)}) or run without --limit")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ssedeploy.topology import APPS, PROXIES, Topology, batches, private_address, refusals, topology
+from ssedeploy.topology import APPS, PROXIES, Topology, batches, limit_refusal, private_address, refusals, topology
 
 HOSTS = ["a", "b", "c", "d"]
 
@@ -121,3 +121,23 @@ def test_a_layout_that_is_not_a_cluster_is_never_refused(topo):
 ])
 def test_private_address(setting, ssh_hostname, want):
     assert private_address(setting, ssh_hostname) == want
+
+
+@pytest.mark.parametrize("limited,refused", [
+    (None, False),                                   # not limited
+    ({"p1", "p2", "a1", "a2"}, False),               # everything
+    ({"p1", "p2", "a1"}, False),                     # every proxy and one app host
+    ({"p1"}, False),                                 # a proxy alone: its upstream follows the app hosts
+    ({"a1"}, True),                                  # an app host without the proxies
+    ({"p1", "a2"}, True),                            # one proxy missing
+])
+def test_a_limited_run_takes_every_proxy_along_with_an_app_host(limited, refused):
+    topo = topology(["p1", "p2", "a1", "a2"], {"proxies": ["p1", "p2"], "apps": ["a1", "a2"]})
+    why = limit_refusal(topo, limited)
+    assert (why is not None) == refused
+    if refused:
+        assert "--limit proxies," in why and "p2" in why
+
+
+def test_a_limited_run_of_whole_hosts_is_never_refused():
+    assert limit_refusal(topology(["w1", "w2"], {}), {"w1"}) is None
