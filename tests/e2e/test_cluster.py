@@ -142,6 +142,16 @@ def test_proxies_run_nginx_only_app_hosts_the_app_only_and_a_rerun_changes_nothi
     assert again.results.changed() == [], again.results.changed()
 
 
+def test_a_layout_that_cannot_work_stops_the_run_before_any_operation(cl):
+    loopback = deploy(cl, per_host={cl["apps"][0]["name"]: {"app": {"bind": "127.0.0.1"}}})
+    limited = pyinfra("-y", "--limit", cl["apps"][0]["name"], str(inventory(cl["tmp"], SETTINGS)), "deploy.py",
+                      instance=INSTANCE, check=False)
+    for ran, said in ((loopback, f"host {cl['apps'][0]['name']}: app.bind = '127.0.0.1': an app host of a cluster"),
+                      (limited, f"host {cl['apps'][0]['name']}: this run is limited to app hosts")):
+        assert ran.returncode == 1 and said in ran.stdout + ran.stderr, (ran.stdout + ran.stderr)[-2000:]
+        assert ran.results.ran() == []
+
+
 def test_every_proxy_sends_to_every_app_host_at_its_live_instance(cl):
     want = served_at(cl)
     assert len(want) == 3
