@@ -31,7 +31,7 @@ from . import engines, nextbuild, nginx
 from . import node as nodejs
 from .inventory import inventory_hosts, inventory_topology, node_mirror
 from .settings import Settings, SettingsError, parse
-from .topology import private_address, refusals
+from .topology import private_address, settings_refusals
 
 OFFLINE_CPUS = 2
 
@@ -184,13 +184,10 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
             if name in limited:
                 out(str(exc))
                 failed += 1
+    addresses = {n: private_address(parsed[n].nginx.private_address, everyone[n].get("ssh_hostname"))
+                 for n in topo.proxies if n in parsed}
     if topo.clustered and len(parsed) == len(everyone):
-        lines = refusals(topo, {n: parsed[n].app.bind for n in topo.apps},
-                         {n: parsed[n].app.rolling_batch for n in topo.apps},
-                         {n: private_address(parsed[n].nginx.private_address, everyone[n].get("ssh_hostname"))
-                          for n in topo.proxies},
-                         {n: (parsed[n].app.drain_seconds, parsed[n].app.stop_timeout) for n in topo.apps},
-                         {n: parsed[n].nginx.worker_shutdown_timeout for n in topo.proxies})
+        lines = settings_refusals(topo, parsed, addresses)
         for line in lines:
             out(line)
         failed += len(lines)
@@ -207,8 +204,7 @@ def check(inventory_path: str, limit: list[str] | None = None, out=print) -> int
             lim = nginx.limits(settings, OFFLINE_CPUS, None)
             servers = [nginx.address(parsed[n].app.bind, parsed[n].app.instance_ports[0]) for n in topo.apps
                        if n in parsed] if topo.clustered else None
-            peers = [a for p in topo.proxies if p != name and topo.clustered
-                     and (a := private_address(parsed[p].nginx.private_address, everyone[p].get("ssh_hostname")))]
+            peers = [a for p in topo.proxies if p != name and topo.clustered and (a := addresses.get(p))]
             files, revision = nginx.render_tree(settings, version, lim, servers=servers or None, acme_peers=peers)
             with tempfile.TemporaryDirectory(prefix="ssedeploy-check-") as tmp:
                 conf = write_prefix(Path(tmp), settings, files)

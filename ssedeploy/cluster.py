@@ -14,7 +14,8 @@ from .instances import HostInstances, live_port
 from .nginx import address
 from .paths import app_dir
 from .settings import Settings, SettingsError, for_host
-from .topology import APPS, PROXIES, Topology, app_peers, limit_refusal, private_address, refusals, topology
+from .inventory import inventory_layout
+from .topology import Topology, app_peers, limit_refusal, private_address, settings_refusals
 
 _settings: dict[str, Settings] = {}
 _live: dict[str, int] = {}  # app host -> the port every proxy sends to (as this run has moved it)
@@ -28,18 +29,11 @@ def load(offline: bool = False) -> Topology:
         return _loaded[0]
     for other in inventory:
         _settings[other.name] = for_host(other, offline=offline)
-    names = [h.name for h in inventory]
     try:
-        topo = topology(names, {group: [h.name for h in inventory if group in h.groups]
-                                for group in (PROXIES, APPS)})
+        topo = inventory_layout(inventory)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
-    problems = refusals(
-        topo, binds={n: _settings[n].app.bind for n in topo.apps},
-        rolling={n: _settings[n].app.rolling_batch for n in topo.apps},
-        addresses={n: proxy_address(n) for n in topo.proxies},
-        overlap={n: (_settings[n].app.drain_seconds, _settings[n].app.stop_timeout) for n in topo.apps},
-        shutdown={n: _settings[n].nginx.worker_shutdown_timeout for n in topo.proxies})
+    problems = settings_refusals(topo, _settings, {n: proxy_address(n) for n in topo.proxies})
     limit = host.state.limit_hosts
     limited = limit_refusal(topo, {h.name for h in limit} if isinstance(limit, list) else None)
     if problems or limited:

@@ -46,7 +46,11 @@ def _load(inventory_path: str):
 
 def inventory_topology(inventory_path: str) -> Topology:
     """The inventory's layout (ssedeploy/topology.py), offline; ValueError when its groups make none."""
-    _, inventory = _load(inventory_path)
+    return inventory_layout(_load(inventory_path)[1])
+
+
+def inventory_layout(inventory) -> Topology:
+    """The layout of a pyinfra inventory's hosts by their groups; ValueError when they make none."""
     return topology([h.name for h in inventory],
                     {group: [h.name for h in inventory if group in h.groups] for group in (PROXIES, APPS)})
 

@@ -95,6 +95,14 @@ def refusals(topo: Topology, binds: Mapping[str, str], rolling: Mapping[str, int
     return out
 
 
+def settings_refusals(topo: Topology, settings: Mapping, addresses: Mapping[str, str | None]) -> list[str]:
+    """`refusals` read from every host's Settings (`settings`: host name -> Settings)."""
+    return refusals(topo, {n: settings[n].app.bind for n in topo.apps},
+                    {n: settings[n].app.rolling_batch for n in topo.apps}, addresses,
+                    {n: (settings[n].app.drain_seconds, settings[n].app.stop_timeout) for n in topo.apps},
+                    {n: settings[n].nginx.worker_shutdown_timeout for n in topo.proxies})
+
+
 def private_address(setting: str | None, ssh_hostname: str | None) -> str | None:
     """A proxy's address as app hosts see it: nginx.private_address, else ssh_hostname if it is an IP."""
     if setting:

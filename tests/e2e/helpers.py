@@ -195,12 +195,13 @@ def host_of(info: dict):
     return testinfra_host(*sandbox_host(info))
 
 
-def instances(host, settings: Settings | None = None) -> HostInstances:
-    """The app's instances on a testinfra host, read with the deploy's own fact (default settings' app)."""
+def instances(host, settings: Settings | None = None, cluster: bool = False) -> HostInstances:
+    """The app's instances on a testinfra host, read with the deploy's own fact (default settings' app);
+    `cluster`: an app host of a cluster (its live instance is the one it recorded)."""
     settings = settings or parse({})
     app = settings.app
     command = AppInstances().command(app=app.name, app_dir=app_dir(settings), ports=app.instance_ports,
-                                     revision_port=settings.site.revision_port)
+                                     revision_port=settings.site.revision_port, cluster=cluster)
     return parse_instances(host.check_output(command).splitlines())
 
 

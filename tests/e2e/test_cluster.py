@@ -25,14 +25,12 @@ import pytest
 from roles import app as app_role
 from roles import cluster as cluster_role
 from ssedeploy import nginx
-from ssedeploy.facts import AppInstances, parse_instances
 from ssedeploy.instances import live_port, unit_name
-from ssedeploy.paths import app_dir
 from ssedeploy.settings import merge, parse
 from ssedeploy.sse import read_stream
 
 from .eventsource import Fleet, report
-from .helpers import HTTPS_ON, booted, host_of, pyinfra, ssedeploy
+from .helpers import HTTPS_ON, booted, host_of, instances, pyinfra, ssedeploy
 from .polling import wait_until
 from .releasing import build, watched
 
@@ -83,9 +81,7 @@ def cl(tmp_path_factory):
 
 def _instances(info):
     """An app host's instances, read with the deploy's own fact (a cluster's app host: the port it recorded)."""
-    command = AppInstances().command(app=APP.name, app_dir=app_dir(DEFAULTS), ports=APP.instance_ports,
-                                     revision_port=DEFAULTS.site.revision_port, cluster=True)
-    return parse_instances(host_of(info).check_output(command).splitlines())
+    return instances(host_of(info), DEFAULTS, cluster=True)
 
 
 def live(info) -> tuple[int | None, str | None]:
