@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # build the sandbox's Node.js mirror; gpg keeps only the pinned Ubuntu archive key; pebble and openssl are each
 # instance's ACME CA).
 APT_PACKAGES := debootstrap systemd-container nftables iproute2 openssh-client ca-certificates curl xz-utils gpg \
-	pebble openssl
+	pebble openssl apt-cacher-ng
 
 .PHONY: deps demo demo-nextjs nextjs demo-down test unit clean bench bench-quick
 
@@ -66,23 +66,24 @@ test: deps nextjs
 unit: deps
 	$(BIN)/pytest tests/unit
 
-# Benchmarks (bench/): capacity and latency of SSE streams, deploy speed, what a release costs the streams, what a
-# rolling release across a cluster costs them (full run only: its 5 hosts take most of `bench-quick`'s budget).
-# Each boots its own sandbox instances (bench, benchd, benchr, benchc) and tears them down; missed targets print
-# FAIL but never fail the command.
-# Only the full run writes its tables into README.md; the quick one writes docs/benchmarks/*-quick.*.
+# Benchmarks (bench/): capacity and latency of active SSE streams (5 run series), idle streams' memory, fleet deploy
+# speed (1, 5, 20 hosts), what a release costs the streams, what a rolling release across a cluster costs them.
+# Each boots its own sandbox instances (bench, benchi, benchf, benchr, benchc) and tears them down; missed targets
+# print FAIL but never fail the command. The quick run leaves out the two release benchmarks (their first deploys
+# alone would take most of its 5 minutes); only the full run writes its tables into README.md, the quick one
+# writes docs/benchmarks/*-quick.*.
 $(BIN)/.bench-installed: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import matplotlib" && touch $@
 
 bench: deps $(BIN)/.bench-installed
-	status=0; $(BIN)/python -m bench.capacity || status=1; $(BIN)/python -m bench.deploy_speed || status=1; \
-	$(BIN)/python -m bench.release_cost || status=1; $(BIN)/python -m bench.rolling || status=1; exit $$status
+	status=0; $(BIN)/python -m bench.capacity || status=1; $(BIN)/python -m bench.idle || status=1; \
+	$(BIN)/python -m bench.fleet || status=1; $(BIN)/python -m bench.release_cost || status=1; \
+	$(BIN)/python -m bench.rolling || status=1; exit $$status
 
 bench-quick: deps $(BIN)/.bench-installed
-	status=0; $(BIN)/python -m bench.capacity --quick || status=1; \
-	$(BIN)/python -m bench.deploy_speed --quick || status=1; \
-	$(BIN)/python -m bench.release_cost --quick || status=1; exit $$status
+	status=0; $(BIN)/python -m bench.capacity --quick || status=1; $(BIN)/python -m bench.idle --quick || status=1; \
+	$(BIN)/python -m bench.fleet --quick || status=1; exit $$status
 
 clean: demo-down
 	rm -rf $(VENV) .sandbox

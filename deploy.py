@@ -21,6 +21,7 @@ between (roles/cluster.py).
 
 from pyinfra import host
 
+from roles import app as app_role, firewall as firewall_role, nginx as nginx_role
 from roles.app import DRIFT, app, build_preflight
 from roles.cluster import roll
 from roles.firewall import firewall
@@ -28,12 +29,16 @@ from roles.nginx import nginx
 from roles.node import node, preflight, runtime
 from ssedeploy import cluster
 from ssedeploy.deploy_lock import hold
+from ssedeploy.operations import LIMIT_FACTS
+from ssedeploy.round_trips import light_operation_order, plan_ahead, read_ahead, tune
 from ssedeploy.run_results import record_run
 from ssedeploy.sudo_check import check as check_sudo
 
+light_operation_order()  # pyinfra's operation order without reading every frame's source, per operation
 topology = cluster.load(offline=DRIFT)  # every host's settings and the layout, checked before any host is touched
 settings = cluster.settings_of(host.name)
 record_run(host.state)
+tune(host)  # TCP_NODELAY, and a fact read again while nothing changed on the host is not sent again
 check_sudo(host)  # before the first fact: a sudo that cannot be driven is named with what to do
 runs_app, runs_nginx = topology.is_app(host.name), topology.is_proxy(host.name)
 if runs_app:
@@ -41,6 +46,9 @@ if runs_app:
     preflight(settings, node_runtime, drift=DRIFT)
     build_preflight(settings)
 hold(host, shared=DRIFT)
+# What the roles read while planning, in one command (after the lock: no other run changes it meanwhile).
+read_ahead(host, [*LIMIT_FACTS, *firewall_role.reads(settings), *(nginx_role.reads(settings) if runs_nginx else []),
+                  *(app_role.reads(settings) if runs_app else [])])
 
 if runs_app:
     node(settings, node_runtime)
@@ -50,3 +58,4 @@ if runs_nginx:
 owed = app(settings, node_runtime, roll=topology.clustered) if runs_app else None
 if topology.clustered:
     roll(settings, owed)
+plan_ahead(host)  # with -y: the facts the operations above will read, read now in a few batched commands

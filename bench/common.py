@@ -53,19 +53,21 @@ def _sigterm(signum, frame):
 
 
 @contextmanager
-def instance(name: str, count: int = 1):
-    """Boot sandbox instance `name` with `count` hosts; always `sandbox down` it afterwards."""
+def instance(name: str, count: int = 1, apt_cache: bool = False):
+    """Boot sandbox instance `name` with `count` hosts (and its apt cache: `sandbox up --apt-cache`); always
+    `sandbox down` it afterwards."""
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        up(name, count)
+        up(name, count, apt_cache)
         yield name
     finally:
         log(f"tearing down sandbox {name}")
         run(BIN / "ssedeploy", "sandbox", "down", "--name", name, check=False, timeout=300)
 
 
-def up(name: str, count: int) -> list[dict]:
-    run(BIN / "ssedeploy", "sandbox", "up", "--name", name, "--count", str(count), timeout=900)
+def up(name: str, count: int, apt_cache: bool = False) -> list[dict]:
+    run(BIN / "ssedeploy", "sandbox", "up", "--name", name, "--count", str(count),
+        *(["--apt-cache"] if apt_cache else []), timeout=900)
     return hosts(name)
 
 
@@ -118,6 +120,13 @@ def live_port(host: dict, settings: Settings | None = None) -> int:
     return running[0]
 
 
+def node(port: int, settings: Settings | None = None) -> str:
+    """The node binary the app's instance on `port` runs (its release's Node): load clients run on it, as
+    sandbox hosts have no Node on PATH."""
+    from roles.app import node_bin
+    return node_bin(settings or parse({})).replace("%i", str(port)) + "/node"
+
+
 def poll(condition, seconds: float, every: float = 0.2) -> bool:
     """Call `condition` until it is true (True) or `seconds` have passed (False)."""
     deadline = time.monotonic() + seconds
@@ -141,7 +150,9 @@ def machine(host: dict | None = None) -> dict:
         "pyinfra": version("pyinfra"),
     }
     if host:
-        out = ssh(host, "/usr/sbin/nginx -v 2>&1; node --version; . /etc/os-release; echo $PRETTY_NAME", check=False)
+        release_node = f"{app_dir(parse({}))}/current/.ssedeploy-node/bin/node"  # hosts have no Node on PATH
+        out = ssh(host, f"/usr/sbin/nginx -v 2>&1; node --version 2>/dev/null || {release_node} --version 2>/dev/null"
+                  " || echo '?'; . /etc/os-release; echo $PRETTY_NAME", check=False)
         lines = out.strip().splitlines() + ["?"] * 3
         facts["nginx"] = lines[0].split("/", 1)[-1].strip() if "/" in lines[0] else lines[0]
         facts["node"] = lines[1].lstrip("v")

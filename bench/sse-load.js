@@ -2,10 +2,16 @@
 // so it reaches the app on loopback and shares the app's clock (latency = receive time - the event's `ts`).
 //
 //   node sse-load.js --url http://127.0.0.1:80/api/stream --streams 1000 --rate 1000 --hold 30 \
-//        [--units nginx.service,sseapp@3000.service] [--connect-timeout 10]
+//        [--units nginx.service,sseapp@3000.service] [--connect-timeout 10] \
+//        [--local-address 127.0.0.2,127.0.0.3] [--heartbeat 5]
 //
 // Opens N streams at `rate` connects/s, holds them all for `hold` s after the ramp, then closes them and
 // prints one JSON object: totals, latency percentiles, errors by kind, per-unit CPU/RSS, per-stream records.
+// --local-address: the source addresses, in turn per stream (one address has ~28k ephemeral ports by default).
+// --heartbeat S: idle streams (bench/idle.py): the app's `: ping` comments are what arrives; a stream is on
+// time if it answered 200, stayed open through the hold and no gap between heartbeats (from its first bytes,
+// until the hold's end) exceeded S + 1 s. Adds `heartbeat` (on-time count, gap histogram) and per-stream
+// pings / max_ping_gap_ms / on_time; `healthy` is then the on-time count.
 'use strict';
 const http = require('http');
 const fs = require('fs');
@@ -22,6 +28,11 @@ const HOLD_S = Number(args.hold || 10);
 const CONNECT_TIMEOUT_MS = Number(args['connect-timeout'] || 10) * 1000;
 const UNITS = (args.units || '').split(',').filter(Boolean);
 const MAX_GAP_MS = 1500;
+const LOCAL_ADDRESSES = (args['local-address'] || '').split(',').filter(Boolean);
+const HEARTBEAT_MS = args.heartbeat ? Number(args.heartbeat) * 1000 : null;
+const ON_TIME_MS = HEARTBEAT_MS == null ? null : HEARTBEAT_MS + 1000;
+const GAP_BIN_MS = 100; // heartbeat gap histogram: 100 ms bins
+const gapBins = {};
 
 // Wall-clock ms with sub-ms resolution, on the same clock as the app's Date.now(): calibrated on the edge
 // of a Date.now() tick (Date.now() is floored to the ms, so a plain offset would be up to 1 ms early).
@@ -95,10 +106,12 @@ function errorKind(err, s) {
 }
 
 function open(i) {
-  const s = { i, status: 0, events: 0, maxGap: 0, last: 0, opened: now(), headers: 0, error: null };
+  const s = { i, status: 0, events: 0, maxGap: 0, last: 0, opened: now(), headers: 0, error: null,
+              pings: 0, beat: 0, maxBeatGap: 0 };
   streams.push(s);
   const req = http.request({
     host: URL_.hostname, port: URL_.port || 80, path: URL_.pathname, agent: false,
+    ...(LOCAL_ADDRESSES.length ? { localAddress: LOCAL_ADDRESSES[i % LOCAL_ADDRESSES.length] } : {}),
     // What a browser's EventSource sends (Accept-Encoding too: compression would hold events back).
     headers: { Accept: 'text/event-stream', 'Cache-Control': 'no-cache', 'Accept-Encoding': 'gzip, deflate, br' },
   });
@@ -120,6 +133,18 @@ function open(i) {
         const block = buf.slice(0, end);
         buf = buf.slice(end + 2);
         for (const line of block.split('\n')) {
+          if (HEARTBEAT_MS != null && line.startsWith(':')) {
+            // The first bytes (`: connected`) start the clock; each `: ping` is a heartbeat.
+            if (s.beat && t <= holdEnd) {
+              const gap = t - s.beat;
+              s.maxBeatGap = Math.max(s.maxBeatGap, gap);
+              const bin = Math.floor(gap / GAP_BIN_MS) * GAP_BIN_MS;
+              gapBins[bin] = (gapBins[bin] || 0) + 1;
+            }
+            if (line.startsWith(': ping')) s.pings += 1;
+            if (t <= holdEnd) s.beat = t;
+            continue;
+          }
           if (!line.startsWith('data:')) continue;
           let ts;
           try { ts = JSON.parse(line.slice(5)).ts; } catch { continue; }
@@ -159,6 +184,7 @@ async function main() {
     open(i);
   }
   const rampEnd = now();
+  const clientCpu0 = process.cpuUsage();
   const cpu0 = Object.fromEntries(UNITS.map((u) => [u, cpuUsec(u)]));
   const peak = Object.fromEntries(UNITS.map((u) => [u, memoryBytes(u)]));
   const holdStart = now();
@@ -182,7 +208,19 @@ async function main() {
   for (const s of streams) s.req.destroy();
 
   let healthy = 0;
+  let onTime = 0;
+  const clientCpuHold = process.cpuUsage(clientCpu0);
   const records = streams.map((s) => {
+    if (HEARTBEAT_MS != null) {
+      // Idle streams: judged by their heartbeats alone, the last gap running to the hold's end.
+      const gap = s.beat ? Math.max(s.maxBeatGap, end - s.beat) : Infinity;
+      const ok = s.status === 200 && !s.error && gap <= ON_TIME_MS;
+      if (ok) onTime += 1;
+      else if (!s.error) errors[`heartbeat gap over ${ON_TIME_MS / 1000} s`] =
+        (errors[`heartbeat gap over ${ON_TIME_MS / 1000} s`] || 0) + 1;
+      return { ok, on_time: ok, status: s.status, pings: s.pings, events: s.events,
+               max_ping_gap_ms: Number.isFinite(gap) ? Math.round(gap) : null, error: s.error };
+    }
     // Seconds this stream was open up to the end of the hold; the last event must be recent too.
     const duration = s.headers ? (end - s.headers) / 1000 : 0;
     const gap = s.last ? Math.max(s.maxGap, end - s.last) : Infinity;
@@ -195,13 +233,24 @@ async function main() {
   });
   latencies.sort((a, b) => a - b);
   const round = (x) => (x == null ? null : Math.round(x * 10) / 10);
+  if (HEARTBEAT_MS != null) healthy = onTime;
   const out = {
     url: URL_.href, streams: STREAMS, rate: RATE, hold_s: HOLD_S,
     ramp_s: round((rampEnd - start) / 1000), held_s: round(held),
     open_at_end: openAtEnd, healthy, events: latencies.length,
+    ...(HEARTBEAT_MS == null ? {} : {
+      heartbeat: { interval_s: HEARTBEAT_MS / 1000, on_time_limit_s: ON_TIME_MS / 1000, on_time: onTime,
+                   pings: streams.reduce((n, s) => n + s.pings, 0),
+                   max_gap_ms: Math.round(Math.max(0, ...records.map((r) => r.max_ping_gap_ms ?? Infinity))),
+                   gap_hist_ms: gapBins, gap_bin_ms: GAP_BIN_MS },
+    }),
+    local_addresses: LOCAL_ADDRESSES,
     latency_ms: { p50: round(percentile(latencies, 50)), p99: round(percentile(latencies, 99)),
                   max: round(latencies[latencies.length - 1]) },
     errors, units, client: { nofile: nofileLimit(), cpu_pct: round((process.cpuUsage().user + process.cpuUsage().system) / 1e4 / ((end - start) / 1000)),
+                             // CPU % of one core over the hold alone (cpu_pct: the whole run, ramp included)
+                             cpu_pct_hold: round((clientCpuHold.user + clientCpuHold.system) / 1e4 / held),
+                             max_rss_bytes: process.resourceUsage().maxRSS * 1024,
                              node: process.version },
     per_stream: records,
   };

@@ -16,6 +16,7 @@ from pyinfra import host
 from pyinfra.operations import apt, files, systemd
 
 from roles.app import app
+from roles.node import node, runtime
 from ssedeploy.operations.app import instances_on_host
 from ssedeploy.settings import for_host
 
@@ -26,7 +27,9 @@ if variant not in ("sse", "plain"):
 
 settings = for_host(host)
 if not any(instance.running for instance in instances_on_host(settings).instances.values()):
-    app(settings)
+    node_runtime = runtime(settings)
+    node(settings, node_runtime)
+    app(settings, node_runtime)
 
 apt.packages(name="Install nginx (as shipped)", packages=["nginx"])
 default = files.link(name="Disable the default site", path="/etc/nginx/sites-enabled/default", present=False)

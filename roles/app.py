@@ -24,7 +24,7 @@ from pyinfra.operations import files, server, systemd
 
 from ssedeploy import nextbuild, release
 from ssedeploy.facts import PathStates
-from ssedeploy.operations import app_live, app_release, app_settle, host_limits, private_file
+from ssedeploy.operations import app_live, app_release, app_settle, host_limits, private_file, system_user
 from ssedeploy.paths import NODE_LINK, STATE, app_dir, cache_dir, env_path, restart_marker, unit_path
 from ssedeploy.render import render
 from ssedeploy.run_results import note
@@ -122,6 +122,12 @@ def environment(settings, host_name: str = "?") -> dict[str, str]:
     return values
 
 
+def reads(settings) -> list:
+    """The facts the role reads while pyinfra plans ((fact, args, kwargs); deploy.py reads them in one go):
+    the unit, environment and pending-release marker as `app` asks for them."""
+    return [(PathStates, (), {"paths": [unit_path(settings), env_path(settings), restart_marker(settings)]})]
+
+
 @dataclass(frozen=True)
 class Owed:
     """What an app host's run makes live once its release is on the host: `release` (None: nothing to
@@ -137,8 +143,7 @@ def app(settings, node_runtime, roll: bool = False) -> Owed:
     a = settings.app
     user = a.system_user
     server.group(name=f"Group {user}", group=user, system=True)
-    server.user(name=f"System user {user}", user=user, group=user, system=True, shell="/usr/sbin/nologin",
-                home="/nonexistent", create_home=False)
+    system_user(name=f"System user {user}", user=user, group=user, shell="/usr/sbin/nologin", home="/nonexistent")
     # Root-owned code: the app can run its release but not rewrite it.
     files.directory(name="App directory", path=app_dir(settings), user="root", group="root", mode="755")
     files.directory(name="App config directory", path=f"/etc/{a.name}", user="root", group=user, mode="750")

@@ -36,6 +36,12 @@ CONFIRM = "Firewall confirmed over a new SSH connection"
 KEPT = "Firewall rules kept"
 REMOVE = "Firewall table removed (firewall.enabled is false)"
 UNIT_PATH = f"{SYSTEMD_UNITS}/{fw.UNIT}"
+STATE_FACT = (FirewallState, (), {"live_file": fw.LIVE_FILE, "state_dir": fw.STATE, "table": fw.TABLE})
+
+
+def reads(settings) -> list:
+    """The facts the role reads while pyinfra plans ((fact, args, kwargs); deploy.py reads them in one go)."""
+    return [STATE_FACT]
 
 
 def ssh_port(settings) -> int:
@@ -72,7 +78,7 @@ def confirm(target, path: str, seconds: int) -> None:
 
 @deploy(ROLE)
 def firewall(settings):
-    state = host.get_fact(FirewallState, live_file=fw.LIVE_FILE, state_dir=fw.STATE, table=fw.TABLE)
+    state = host.get_fact(STATE_FACT[0], **STATE_FACT[2])
     if not settings.firewall.enabled:
         if state["kernel"] is not None:
             server.shell(name=REMOVE, commands=[f"nft delete table inet {fw.TABLE}"])

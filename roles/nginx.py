@@ -76,6 +76,18 @@ def plan(*, package: bool, drop_in: bool, tree: bool, certificate: bool, live: s
     return Plan(Action.NOTHING, check_revision=False)
 
 
+def revisions_fact(settings) -> dict:
+    return {"port": settings.site.revision_port, "state_dir": STATE_DIR}
+
+
+def reads(settings) -> list:
+    """The facts the role reads while pyinfra plans ((fact, args, kwargs); deploy.py reads them in one go)."""
+    tls = settings.site.tls
+    own = ([(AcmeCerts, (), acme.fact_args(settings))] if tls and tls.mode == "acme" else
+           [(File, (), {"path": path}) for path in conf.tls_paths(settings)] if tls and tls.mode != "files" else [])
+    return [*own, (NginxDefaultServers, (), {}), (NginxRevisions, (), revisions_fact(settings))]
+
+
 def served_revision_check(settings, timeout: int = 10, state_dir: str = STATE_DIR) -> str:
     """Poll the loopback revision until nginx serves the one the swap recorded (reloads are asynchronous):
     scripts/revision-wait.sh inlined with its arguments, as server.shell runs it."""
@@ -183,7 +195,7 @@ def nginx(settings):
     tree = nginx_config(name=TREE, settings=settings)
     systemd.service(name=RUNNING, service="nginx", running=True, enabled=True)
 
-    revisions = host.get_fact(NginxRevisions, port=settings.site.revision_port, state_dir=STATE_DIR)
+    revisions = host.get_fact(NginxRevisions, **revisions_fact(settings))
 
     def decide(changed) -> Plan:
         return plan(package=changed(package), drop_in=changed(drop_in), tree=changed(tree),
@@ -194,8 +206,10 @@ def nginx(settings):
         return decide(lambda op: op.did_change())
 
     # A convergence reload already certain now (nothing will change) runs unconditionally, so that a dry
-    # run, and so `drift`, lists it as a change.
-    certain = decide(lambda op: op.will_change).action is Action.CONVERGE
+    # run, and so `drift`, lists it as a change. Only a change-free plan converges: when even that one does
+    # not (nginx serves the live revision), the operations above are not planned twice to find out.
+    certain = (decide(lambda op: False).action is Action.CONVERGE
+               and decide(lambda op: op.will_change).action is Action.CONVERGE)
     systemd.service(name=RESTART, service="nginx", restarted=True, _if=lambda: at_run().action is Action.RESTART)
     systemd.service(name=RELOAD, service="nginx", reloaded=True,
                     _if=None if certain else lambda: at_run().action in (Action.RELOAD, Action.CONVERGE))

@@ -12,7 +12,8 @@ from . import sandbox
 
 
 def _sandbox_up(args) -> int:
-    hosts = sandbox.up(args.name, args.count, args.distro, log=_err, cert_validity=args.cert_validity)
+    hosts = sandbox.up(args.name, args.count, args.distro, log=_err, cert_validity=args.cert_validity,
+                       apt_cache=args.apt_cache)
     for h in hosts:
         print(f"{h['name']}  {h['address']}  {h['distro']}  ssh: ssedeploy sandbox ssh {h['name']}")
     return 0
@@ -215,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cert-validity", type=int, metavar="SECONDS",
                     help="how long the instance's ACME CA makes certificates valid (0: pebble's 5 years; "
                          "default: a running instance's, else 0)")
+    up.add_argument("--apt-cache", action="store_true",
+                    help="run an apt cache (apt-cacher-ng) on the instance's bridge and make its hosts' apt use it, "
+                         "so many cold hosts fetch each package once; kept until `down`")
     up.set_defaults(func=_sandbox_up)
     st = sbsub.add_parser("status", help="list the instance's running hosts")
     st.add_argument("--json", action="store_true")

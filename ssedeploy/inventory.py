@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import node, sandbox
+from . import node
 from .settings import BASE_SITE_KEY, host_data
 from .topology import APPS, PROXIES, Topology, topology
 
@@ -95,6 +95,8 @@ def sandbox_hosts(name: str | None = None, https: bool | None = None) -> list[tu
     """pyinfra host entries for the running hosts of a sandbox instance (host keys checked). With `https`
     (default: unless $SSEDEPLOY_SANDBOX_HTTPS is 0) each host's base site is HTTPS with a certificate from the
     instance's ACME CA for its sandbox names (the first host's: the instance's site name first)."""
+    from . import sandbox  # only here: every deploy imports this module, and a real inventory needs no sandbox
+
     name = name or sandbox.current_name()
     if https is None:
         https = os.environ.get(HTTPS_ENV, "1") != "0"

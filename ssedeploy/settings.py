@@ -67,6 +67,29 @@ def _version(value: str) -> str:
     return value
 
 
+_SIZE_RE = re.compile(r"^([1-9][0-9]*)([kK]?)$")
+
+
+def _size_bytes(value: str) -> int:
+    match = _SIZE_RE.fullmatch(value)
+    if not match:
+        raise ValueError("must be an nginx size: bytes (1024) or KiB (4k)")
+    return int(match.group(1)) * (1024 if match.group(2) else 1)
+
+
+def _buffer_size(value: str) -> str:
+    if not 512 <= _size_bytes(value) <= 1024 * 1024:
+        raise ValueError("must be from 512 bytes to 1024k")
+    return value
+
+
+def _pool_size(value: str) -> str:
+    size = _size_bytes(value)
+    if not 256 <= size <= 64 * 1024 or size % 16:
+        raise ValueError("must be from 256 bytes to 64k, a multiple of 16 bytes")
+    return value
+
+
 def _raw_directives(value: str) -> str:
     """Whole lines with balanced braces and quotes; nginx -t on the host judges the rest."""
     depth, quote = 0, None
@@ -224,6 +247,12 @@ class Nginx(_Model):
     version: Annotated[str, AfterValidator(_version)] = OLDEST_NGINX
     backups: int = Field(default=5, ge=1, le=100)
     extra_http_directives: list[RawDirectives] = []
+    # What nginx allocates per stream (templates/nginx/sse-location.conf.j2, site.conf.j2; bench/idle.py): the
+    # buffer the app's response headers must fit in (then each event passes through it), and the site's
+    # request pool. None: the directive is left out, nginx's own default (proxy_buffer_size one memory page,
+    # request_pool_size 4k).
+    sse_proxy_buffer_size: Annotated[str, AfterValidator(_buffer_size)] | None = "4k"
+    request_pool_size: Annotated[str, AfterValidator(_pool_size)] | None = "1k"
     # A cluster's proxy: the address its connections to the app hosts come from (the app hosts' firewall
     # admits it); default: the host's ssh_hostname when that is an IP address (ssedeploy/topology.py).
     private_address: Annotated[str, AfterValidator(_address)] | None = None

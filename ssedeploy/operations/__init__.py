@@ -2,6 +2,7 @@
 module per thing they manage:
 
 - nginx_tree: the nginx tree staged, swapped, tested, restored (`nginx_config`)
+- accounts: a service's system account, one small fact (`system_user`)
 - app: an app release uploaded (`app_release`), made live on the idle instance (`app_live`), instances
   converged (`app_settle`)
 - files: a file whose content is never shown (`private_file`)
@@ -12,12 +13,13 @@ module per thing they manage:
 Everything is re-exported here.
 """
 
+from .accounts import system_user
 from .app import app_drain, app_live, app_release, app_settle
 from .files import private_file
 from .nginx_tree import nginx_config
 from .node import node_build
 from .rendezvous import rendezvous
-from .util import SCRIPTS, detached, host_limits, report_differences
+from .util import LIMIT_FACTS, SCRIPTS, detached, host_limits, report_differences
 
-__all__ = ["SCRIPTS", "app_drain", "app_live", "app_release", "app_settle", "detached", "host_limits", "nginx_config", "node_build", "private_file", "rendezvous",
-           "report_differences"]
+__all__ = ["LIMIT_FACTS", "SCRIPTS", "app_drain", "app_live", "app_release", "app_settle", "detached", "host_limits", "nginx_config", "node_build", "private_file", "rendezvous",
+           "report_differences", "system_user"]

@@ -19,8 +19,12 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 def report_differences(paths: list[str]) -> None:
     """Name what the current operation would change: logged once while pyinfra plans, and recorded for
-    this host and operation in the run's results (what `drift` lists)."""
+    this host and operation in the run's results (what `drift` lists). Not while the facts of a run are read
+    ahead (ssedeploy/round_trips.py): the operation is planned again when it runs."""
+    from ..round_trips import planning_ahead
     from ..run_results import name_files
+    if planning_ahead():
+        return
     name_files(host, paths)
 
 
@@ -34,6 +38,10 @@ def detached(name: str, command: str) -> str:
     target, _, point = fault.partition("=")
     setenv = f" --setenv=SSEDEPLOY_FAULT_AT={point}" if fault and target == name else ""
     return f"systemd-run --quiet --wait --pipe --collect{setenv} --unit={name}-{secrets.token_hex(3)} {command}"
+
+
+# The facts host_limits reads ((fact, args, kwargs), for ssedeploy/round_trips.py's read_ahead).
+LIMIT_FACTS = [(Cpus, (), {}), (NofileHardLimit, (), {})]
 
 
 def host_limits(settings: Settings) -> nginx.Limits:

@@ -106,6 +106,43 @@ def server_nofile() -> bool:
     return True
 
 
+# Every booted host's systemd, journald, logind, dbus, agetty... hold about 10 inotify instances, all counted
+# against root (the containers' root is this machine's), and the kernel's default limit of 128 per user leaves the
+# 12th host or so with failed `.path` units ("systemd is 'degraded' after boot"): `up` raises the limit for the
+# hosts it runs (INOTIFY_PER_HOST each, at least INOTIFY_FLOOR) and the last instance's `down` puts the machine's
+# own value back, as with ip_forward.
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_PER_HOST = 16
+INOTIFY_FLOOR = 1024
+
+
+def inotify_limit_for(current: int, hosts_running: int) -> int:
+    """The max_user_instances to set for `hosts_running` sandbox hosts: never lower than `current`."""
+    return max(current, INOTIFY_FLOOR, 128 + INOTIFY_PER_HOST * hosts_running)
+
+
+def raise_inotify_limit(hosts_running: int, saved: Path) -> None:
+    """Raise max_user_instances for the hosts about to run, remembering the machine's own value the first time."""
+    try:
+        current = int(INOTIFY_INSTANCES.read_text())
+    except (OSError, ValueError):
+        return
+    wanted = inotify_limit_for(current, hosts_running)
+    if wanted == current:
+        return
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    if not saved.exists():
+        saved.write_text(f"{current}\n")
+    INOTIFY_INSTANCES.write_text(f"{wanted}\n")
+
+
+def restore_inotify_limit(saved: Path) -> None:
+    """Put the machine's own max_user_instances back (once no sandbox instance is left)."""
+    if saved.exists():
+        INOTIFY_INSTANCES.write_text(saved.read_text())
+        saved.unlink()
+
+
 # systemd 258 dropped cgroup v1: Ubuntu 26.04's 259 stops at boot with "Detected unsupported legacy cgroup
 # hierarchy, refusing execution" where systemd-nspawn (Debian 12's 252) hands it the hybrid layout of a machine
 # like this project's. Such hosts get the unified (v2) hierarchy alone; older ones (Debian 13's 257 included)

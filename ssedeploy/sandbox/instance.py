@@ -27,7 +27,7 @@ from pathlib import Path
 
 import paramiko
 
-from . import acme, hosts, keyring, network, nodemirror, rootfs
+from . import acme, aptcache, hosts, keyring, network, nodemirror, rootfs
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,10}$")  # bridge `ssd-<name>` must fit IFNAMSIZ
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +38,15 @@ MACHINE_TOOLS = {
     "gpg": "gpg",  # keeps only the pinned Ubuntu archive key (keyring.py)
     "pebble": "pebble", "pebble-challtestsrv": "pebble", "openssl": "openssl",  # the ACME CA (acme.py)
 }
+
+
+INOTIFY_SAVED = network.RUN_DIR / "inotify_max_user_instances.orig"  # the machine's own, restored by the last `down`
+
+
+def _hosts_running() -> int:
+    """Sandbox hosts running on this machine, every instance's (their systemd-nspawn processes)."""
+    out = subprocess.run(["pgrep", "-c", "-x", "systemd-nspawn"], capture_output=True, text=True).stdout
+    return int(out.strip() or 0)
 
 
 class SandboxError(RuntimeError):
@@ -145,6 +154,9 @@ def host_status(rec: Record, host: Host) -> dict:
     mirror = load_mirror(rec.instance)
     if mirror:
         info["node_mirror"] = nodemirror.url(mirror["address"])
+    cache = load_apt_cache(rec.instance)
+    if cache:
+        info["apt_cache"] = aptcache.url(cache["address"])
     ca = acme.load(rec.instance)
     if ca:
         info.update(acme_directory=acme.directory_url(ca["address"]), acme_ca=ca["ca"],
@@ -168,6 +180,19 @@ def save_mirror(instance: str, mirror: dict) -> None:
     hosts.write_whole(mirror_path(instance), json.dumps(mirror) + "\n")
 
 
+# The apt cache's server (aptcache.start), recorded beside instance.json like the mirror's.
+def apt_cache_path(instance: str) -> Path:
+    return hosts.instance_dir(instance) / "apt-cache.json"
+
+
+def load_apt_cache(instance: str) -> dict | None:
+    return hosts.read_json(apt_cache_path(instance))
+
+
+def save_apt_cache(instance: str, cache: dict) -> None:
+    hosts.write_whole(apt_cache_path(instance), json.dumps(cache) + "\n")
+
+
 def status(instance: str) -> list[dict]:
     rec = load_record(instance)
     if not rec:
@@ -176,14 +201,15 @@ def status(instance: str) -> list[dict]:
 
 
 def up(instance: str, count: int = 1, distro_key: str = "debian12", log=print,
-       cert_validity: int | None = None) -> list[dict]:
+       cert_validity: int | None = None, apt_cache: bool = False) -> list[dict]:
     """`cert_validity`: seconds the instance's ACME CA makes certificates valid for (0: pebble's default);
-    None keeps a running instance's, or 0 for a new one."""
+    None keeps a running instance's, or 0 for a new one. `apt_cache`: run an apt cache for the instance's
+    hosts (aptcache.py); an instance that has one keeps it until `down`, asked for again or not."""
     check_name(instance)
     if cert_validity is not None and cert_validity < 0:
         raise SandboxError(f"certificate validity {cert_validity} is not allowed: use seconds, or 0 for pebble's default")
     with _making(instance):
-        return _up(instance, count, distro_key, log, cert_validity)
+        return _up(instance, count, distro_key, log, cert_validity, apt_cache)
 
 
 # Held while `up` makes an instance: until its first host is recorded it looks stale, and another run's
@@ -211,7 +237,8 @@ def _being_made(instance: str) -> bool:
     return False
 
 
-def _up(instance: str, count: int, distro_key: str, log, cert_validity: int | None = None) -> list[dict]:
+def _up(instance: str, count: int, distro_key: str, log, cert_validity: int | None = None,
+        apt_cache: bool = False) -> list[dict]:
     if distro_key not in rootfs.DISTROS:
         raise SandboxError(f"distro {distro_key!r} is not supported: use one of {', '.join(rootfs.DISTROS)}")
     if count < 1 or count > 20:
@@ -237,6 +264,10 @@ def _up(instance: str, count: int, distro_key: str, log, cert_validity: int | No
     else:
         clean(instance, log=lambda *_: None)  # whatever a crashed run left
         rec = None
+    # A running instance keeps its cache (its hosts' apt is pointed at it).
+    apt_cache = apt_cache or (bool(live) and aptcache.alive(load_apt_cache(instance)))
+    if apt_cache:
+        aptcache.ensure_installed(log)
 
     try:
         archive = rootfs.archive_for(distro)
@@ -270,6 +301,11 @@ def _up(instance: str, count: int, distro_key: str, log, cert_validity: int | No
             "so nginx is sized for that limit here")
     new_hosts = []
     taken = {h.name for h in rec.hosts}
+    hosts.raise_inotify_limit(_hosts_running() + count - len(rec.hosts), INOTIFY_SAVED)
+    cache_uris = [archive.mirror, archive.security]
+    if apt_cache:  # hosts that were up before the cache was asked for are pointed at it too
+        for host in rec.hosts:
+            aptcache.write_host_conf(hosts.instance_dir(instance) / host.name / "root", str(subnet[1]), cache_uris)
     systemd = rootfs.systemd_version(lower)
     for i in range(1, count + 1):
         name = f"{instance}-{i}"
@@ -281,6 +317,8 @@ def _up(instance: str, count: int, distro_key: str, log, cert_validity: int | No
             root, name=name, address=address, prefixlen=subnet.prefixlen, gateway=str(subnet[1]),
             login_user=rootfs.LOGIN_USER, authorized_key=pubkey, pins=pins,
         )
+        if apt_cache:
+            aptcache.write_host_conf(root, str(subnet[1]), cache_uris)
         known.append(f"{address} {host_key}")
         pid = hosts.boot(instance, name, root, bridge, state / f"{name}.console.log", systemd)
         host = Host(name, address, pid, hosts.process_start_time(pid))
@@ -303,11 +341,34 @@ def _up(instance: str, count: int, distro_key: str, log, cert_validity: int | No
             if attempt == attempts:
                 raise SandboxError(str(exc)) from exc
             log(f"{exc}\nstarting the Node.js mirror once more")
+    if apt_cache:
+        start_apt_cache(instance, str(subnet[1]), cache_uris, state, log)
     start_acme(instance, rec, state, cert_validity, log)
 
     with ThreadPoolExecutor(max_workers=max(1, len(new_hosts))) as pool:
         list(pool.map(lambda h: wait_ready(rec, h), new_hosts))
     return [host_status(rec, h) for h in rec.hosts]
+
+
+def start_apt_cache(instance: str, gateway: str, uris: list[str], state: Path, log) -> dict:
+    """Run the instance's apt cache on its gateway, keeping one that runs (a second `up`)."""
+    cache = load_apt_cache(instance)
+    if aptcache.alive(cache) and cache.get("address") == gateway:
+        return cache
+    aptcache.stop(cache)
+    log_path = state / aptcache.LOG_NAME
+    for attempt in (1, 2):
+        cache = aptcache.start(instance, gateway, uris, log_path)
+        save_apt_cache(instance, cache)  # recorded before the wait, so `down` stops it even if it never answers
+        try:
+            aptcache.wait_answering(cache, log_path)
+            return cache
+        except aptcache.AptCacheError as exc:
+            aptcache.stop(cache)
+            if attempt == 2:
+                raise SandboxError(str(exc)) from exc
+            log(f"{exc}\nstarting the apt cache once more")
+    raise AssertionError("unreachable")
 
 
 def start_acme(instance: str, rec: Record, state: Path, cert_validity: int | None, log) -> dict:
@@ -405,6 +466,14 @@ def clean(instance: str, log=print) -> None:
     for server in nodemirror.stale_servers(mirror["address"]) if mirror else []:
         log(f"stopping an unrecorded Node.js mirror (pid {server['pid']})")
         nodemirror.stop(server)
+    cache = load_apt_cache(instance)
+    if aptcache.alive(cache):
+        log(f"stopping the apt cache (pid {cache['pid']})")
+        aptcache.stop(cache)
+    for server in aptcache.stale_servers(instance, cache["address"]) if cache else []:
+        log(f"stopping an unrecorded apt cache (pid {server['pid']})")
+        aptcache.stop(server)
+    aptcache.remove(instance)
     ca = acme.load(instance)
     if ca and any(acme.process_alive(ca.get(k)) for k in ("pebble", "challtestsrv")):
         log(f"stopping the ACME CA (pebble pid {ca['pebble']['pid']}, challtestsrv pid {ca['challtestsrv']['pid']})")
@@ -415,6 +484,8 @@ def clean(instance: str, log=print) -> None:
     network.delete_table(instance)
     network.delete_bridge(instance)
     network.restore_forwarding_if_unused()
+    if not any(n.startswith(network.BRIDGE_PREFIX) for n in network.links()) and not network.instance_tables():
+        hosts.restore_inotify_limit(INOTIFY_SAVED)
 
 
 def down(instance: str, log=print) -> None:

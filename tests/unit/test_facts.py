@@ -136,3 +136,29 @@ def test_the_single_host_fact_reads_nginx_not_the_recorded_port():
     command = AppInstances().command(app="web", app_dir="/srv/web", ports=(4000, 4001), revision_port=8573)
     assert 'printf "served' in command and 'printf "files' in command
     assert "recorded" not in command and "/srv/web/live" not in command
+
+
+def test_acme_certs_reads_the_lineage_with_one_openssl(tmp_path):
+    """serial, expiry and names from one `openssl x509`, in the lines acme.read_state reads."""
+    import shutil
+
+    from ssedeploy.acme import read_state
+    from ssedeploy.facts import AcmeCerts
+
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl here")
+    lineage = tmp_path / "live"
+    lineage.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=a.test",
+                    "-addext", "subjectAltName=DNS:a.test,DNS:b.test", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(lineage / "cert.pem")], check=True, capture_output=True)
+    (tmp_path / "renewal.conf").write_text("server = https://ca.test/dir\n")
+    serial = sh(f"openssl x509 -in {lineage}/cert.pem -noout -serial")[0].split("=", 1)[1]
+    end = sh(f"openssl x509 -in {lineage}/cert.pem -noout -enddate")[0].split("=", 1)[1]
+    lines = sh(AcmeCerts().command(lineage=str(lineage), renewal=str(tmp_path / "renewal.conf"), live_dir=str(tmp_path),
+                                   port=1, server_name="a.test"))
+    assert lines[:4] == [f"serial {serial}", f"enddate {end}", "san     DNS:a.test, DNS:b.test",
+                         "server https://ca.test/dir"]
+    certs = read_state(lines)
+    assert certs.lineage.names == ("a.test", "b.test") and certs.lineage.serial == serial
+    assert certs.lineage.server == "https://ca.test/dir" and certs.served is None
