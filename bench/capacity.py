@@ -45,6 +45,9 @@ VARIANT = {"c": "sse", "d": "plain"}
 STOCK_PORT = 3000  # where bench/nginx/stock-*.conf proxy to
 LOG_ALERTS = ("worker_connections are not enough", "Too many open files")
 # Mid-hold, the open files of each nginx worker (two per stream it carries): how reuseport spread the streams.
+# --hog: one core's worth of other work on the host for the case's whole run (bounded by `timeout`), to see
+# what a busier machine does to each case (what another process, or a heavier load client, would take).
+HOG = "(timeout {seconds} sh -c 'while :; do :; done' >/dev/null 2>&1 &) ; "
 WORKER_FDS = ("sleep {at}; for pid in $(pgrep -f '^nginx: worker'); do "
               "sudo ls /proc/$pid/fd 2>/dev/null | wc -l; done > {out}")
 WAIT_HEALTHY = (
@@ -81,7 +84,7 @@ def deploy_hosts(tmp: Path, variant: str | None = None, which: tuple[str, ...] =
                 proc.wait()
 
 
-def run_case(host: dict, case: str, streams: int, hold: int, run: int) -> dict:
+def run_case(host: dict, case: str, streams: int, hold: int, run: int, hog: bool = False) -> dict:
     port = common.live_port(host)
     if case in VARIANT and port != STOCK_PORT:
         raise RuntimeError(f"{host['name']}: the app is live on port {port}, the stock site proxies to {STOCK_PORT}")
@@ -93,7 +96,8 @@ def run_case(host: dict, case: str, streams: int, hold: int, run: int) -> dict:
                           "sudo stat -c %s /var/log/nginx/error.log").strip()
     fds_file = f"{REMOTE_DIR}/worker-fds"
     sampler = WORKER_FDS.format(at=round(streams / RATE + hold / 2), out=fds_file)
-    command = f"rm -f {fds_file}; ({sampler}) & " + common.quoted(
+    command = (HOG.format(seconds=round(streams / RATE + hold + 5)) if hog else "") + \
+        f"rm -f {fds_file}; ({sampler}) & " + common.quoted(
         common.node(port), f"{REMOTE_DIR}/sse-load.js", "--url", URLS[case].format(port=port),
         "--streams", streams, "--rate", RATE, "--hold", hold, "--units", units, "--connect-timeout", 10)
     common.log(f"run {run}, case {case}: {streams:,} streams on {host['name']}, "
@@ -184,6 +188,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help=f"run series (default {RUNS}; 1 with --quick)")
     parser.add_argument("--levels", help="comma-separated stream counts (not written to the README)")
     parser.add_argument("--hold", type=int, help="seconds to hold after the ramp")
+    parser.add_argument("--hog", action="store_true", help="one core busy on the host during each case "
+                        "(not written to the README)")
     args = parser.parse_args()
     levels = [int(n) for n in args.levels.split(",")] if args.levels else [1000] if args.quick else [10_000]
     hold = args.hold or (10 if args.quick else 30)
@@ -191,7 +197,7 @@ def main() -> None:
     if (any(n > 15_000 or n < 1 for n in levels) or not 1 <= hold <= 300 or set(args.cases) - set(CASES)
             or not 1 <= runs <= 10):
         parser.error("levels 1..15000 (the hosts' fd limit is 20000), hold 1..300 s, cases from abcd, runs 1..10")
-    custom = args.cases != "abc" or args.levels or args.hold or args.runs
+    custom = args.cases != "abc" or args.levels or args.hold or args.runs or args.hog
     stem = "capacity-custom" if custom else "capacity-quick" if args.quick else "capacity"
 
     started = time.monotonic()
@@ -213,7 +219,7 @@ def main() -> None:
                     variant = VARIANT[case]
                     deploy_hosts(tmp, variant, ("2",))
                 for streams in levels:
-                    row = run_case(h1 if case in "ab" else h2, case, streams, hold, run)
+                    row = run_case(h1 if case in "ab" else h2, case, streams, hold, run, args.hog)
                     common.log(f"  healthy {row['healthy']:,}/{streams:,}, p50 {row['p50']} ms, p99 {row['p99']} "
                                f"ms, client CPU {row['client_cpu']} %, nginx worker fds {row['worker_fds']}, "
                                f"errors {row['errors'] or 'none'}")

@@ -50,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import common, plots
+from bench import common
 from ssedeploy import nginx
 from ssedeploy.inventory import HTTPS_ENV
 from ssedeploy.settings import parse
@@ -468,6 +468,7 @@ def main() -> None:
     markdown, data = report(rows, facts, shape)
     data["wall_s"] = round(time.monotonic() - started, 1)
     subtitle = f"{facts['nproc']} cores, nginx {facts.get('nginx')}, Node {facts.get('node')}, {facts['date']}"
+    from bench import plots  # matplotlib (the bench extra) only here: the unit tests import this module without it
     common.publish(stem, "idle", markdown, data,
                    lambda png: plots.idle(rows, png, subtitle, TARGET_NGINX_KIB, HEARTBEAT_S + 1))
 

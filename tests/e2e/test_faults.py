@@ -6,8 +6,10 @@ reload, heartbeats come every 2 s and nginx cuts a stream silent for 8 s.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -166,12 +168,34 @@ def wait_for_lock(host, pid: int, timeout: float = 60) -> None:
     pytest.fail(f"deploy {pid} did not take the lock within {timeout} s")
 
 
+@contextmanager
+def paused(deploy: subprocess.Popen):
+    """The lock's holder stopped (SIGSTOP) for a few seconds, well within the host's LEASE: however fast its run,
+    it cannot end before the other deploy has asked for the lock."""
+    deploy.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        deploy.send_signal(signal.SIGCONT)
+
+
+def wait_for_waiter(host, timeout: float = 60) -> None:
+    """Until a deploy waits for the lock on the host (deploy-lock.sh's `flock -w`)."""
+    deadline = time.monotonic() + timeout
+    while host.run("pgrep -f '^flock -w'").rc != 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no deploy waited for the lock within {timeout} s")
+        time.sleep(0.2)
+
+
 def test_two_deploys_at_once_never_interleave(one, tmp_path):
     info, host = one
     name = info["name"]
     first = start_deploy(settings(extra=["server_names_hash_bucket_size 128;"]), tmp_path, FAULT, limit=name)
     wait_for_lock(host, first.pid)
-    second = start_deploy(settings(extra=["server_names_hash_bucket_size 256;"]), tmp_path, FAULT, limit=name)
+    with paused(first):
+        second = start_deploy(settings(extra=["server_names_hash_bucket_size 256;"]), tmp_path, FAULT, limit=name)
+        wait_for_waiter(host)
     out1, _ = first.communicate(timeout=300)
     out2, _ = second.communicate(timeout=300)
 
@@ -189,9 +213,11 @@ def test_a_deploy_that_cannot_get_the_lock_fails_naming_the_holder(one, tmp_path
     holder = start_deploy(settings(extra=["server_names_hash_bucket_size 512;"]), tmp_path, FAULT, limit=info["name"])
     try:
         wait_for_lock(host, holder.pid)
-        started = time.monotonic()
-        refused = deploy_with(settings(), tmp_path, FAULT, env={"SSEDEPLOY_LOCK_WAIT": "1"}, limit=info["name"])
-        waited = time.monotonic() - started
+        with paused(holder):
+            started = time.monotonic()
+            refused = deploy_with(settings(), tmp_path, FAULT, env={"SSEDEPLOY_LOCK_WAIT": "1"},
+                                  limit=info["name"])
+            waited = time.monotonic() - started
     finally:
         out, _ = holder.communicate(timeout=300)
     assert holder.returncode == 0, out[-3000:]
