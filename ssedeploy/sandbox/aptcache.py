@@ -40,7 +40,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,26 +199,17 @@ def url(address: str) -> str:
 def wait_answering(server: dict, log_path: Path, timeout: float = 30) -> None:
     """Poll the cache's report page until it answers; fail early if it exited (e.g. the port is taken)."""
     target = f"{url(server['address'])}/acng-report.html"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with _OPENER.open(target, timeout=2) as response:
-                response.read()
-            if alive(server):
-                return
-            error: Exception = OSError("another process answered")
-        except OSError as exc:
-            error = exc
-        if not alive(server) or time.monotonic() > deadline:
-            tail = log_path.read_text().splitlines()[-5:] if log_path.exists() else []
-            errors = Path(server["base"], "log", "apt-cacher.err")
-            tail += errors.read_text().splitlines()[-5:] if errors.exists() else []
-            bound = subprocess.run(["ss", "-Hltnp", "sport", "=", f":{PORT}"], capture_output=True, text=True).stdout
-            raise AptCacheError(
-                f"the apt cache does not answer at {target} ({error}; "
-                f"{'it still runs' if alive(server) else 'it ' + hosts.exit_status(server['pid'])}); see {log_path}:\n"
-                + "\n".join(tail) + (f"\nport {PORT} is taken on this machine:\n{bound}" if bound.strip() else ""))
-        time.sleep(0.1)
+    error = hosts.poll_answering(_OPENER, target, lambda: alive(server), timeout)
+    if error is None:
+        return
+    tail = log_path.read_text().splitlines()[-5:] if log_path.exists() else []
+    errors = Path(server["base"], "log", "apt-cacher.err")
+    tail += errors.read_text().splitlines()[-5:] if errors.exists() else []
+    bound = subprocess.run(["ss", "-Hltnp", "sport", "=", f":{PORT}"], capture_output=True, text=True).stdout
+    raise AptCacheError(
+        f"the apt cache does not answer at {target} ({error}; "
+        f"{'it still runs' if alive(server) else 'it ' + hosts.exit_status(server['pid'])}); see {log_path}:\n"
+        + "\n".join(tail) + (f"\nport {PORT} is taken on this machine:\n{bound}" if bound.strip() else ""))
 
 
 def stop(server: dict | None, timeout: float = 10) -> None:

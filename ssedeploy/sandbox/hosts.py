@@ -279,6 +279,24 @@ def end_process(pid: int, start_time: int | None, timeout: float = 10) -> None:
     _reap(pid)
 
 
+def poll_answering(opener, target: str, alive, timeout: float) -> Exception | None:
+    """Fetch `target` until it answers while `alive()` (a server this machine started: not another process
+    on its port); None once it does, else the last error when the server exited or `timeout` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with opener.open(target, timeout=2) as response:
+                response.read()
+            if alive():
+                return None
+            error: Exception = OSError("another process answered")
+        except OSError as exc:
+            error = exc
+        if not alive() or time.monotonic() > deadline:
+            return error
+        time.sleep(0.1)
+
+
 def exit_status(pid: int) -> str:
     """How an ended server of ours exited, if this process is its parent and has not reaped it yet."""
     try:

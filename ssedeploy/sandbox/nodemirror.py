@@ -197,21 +197,11 @@ def wait_answering(mirror: dict, log_path: Path, timeout: float = 60) -> None:
     """Poll index.json until the server answers; fail early if it exited (e.g. the port is taken). The
     deadline is generous: right after a rootfs build and host boots, the machine's disk may be busy."""
     target = f"{url(mirror['address'])}/index.json"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with _OPENER.open(target, timeout=2) as response:
-                response.read()
-            if alive(mirror):  # it was this server that answered
-                return
-            error = OSError("another process answered")
-        except OSError as exc:
-            error = exc
-        if not alive(mirror) or time.monotonic() > deadline:
-            tail = "\n".join(_read(log_path).splitlines()[-5:]) if log_path.exists() else ""
-            raise MirrorError(f"the Node.js mirror does not answer at {target} ({error}; {_exit_status(mirror)}); "
-                              f"see {log_path}:\n{tail}")
-        time.sleep(0.1)
+    error = hosts.poll_answering(_OPENER, target, lambda: alive(mirror), timeout)
+    if error is not None:
+        tail = "\n".join(_read(log_path).splitlines()[-5:]) if log_path.exists() else ""
+        raise MirrorError(f"the Node.js mirror does not answer at {target} ({error}; {_exit_status(mirror)}); "
+                          f"see {log_path}:\n{tail}")
 
 
 def _exit_status(mirror: dict) -> str:
