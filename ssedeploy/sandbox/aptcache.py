@@ -1,4 +1,5 @@
-"""An apt cache per sandbox instance: apt-cacher-ng on the instance's bridge address, port 3142.
+"""An apt cache per sandbox instance: apt-cacher-ng on the instance's bridge address, port 8781 (not the package's
+default 3142, where a machine that runs apt-cacher-ng as a service already listens on every address).
 
 Why: a cold deploy installs nginx, Node's download tools and their dependencies; twenty cold hosts would each
 fetch the same .debs and index files from the package archive. With the cache, the first request for a file
@@ -20,16 +21,20 @@ Design (opt-in: `ssedeploy sandbox up --apt-cache`; the instance keeps its cache
   debootstrap's default for Ubuntu) to themselves, so the cache fetches from the archive this machine reaches,
   files are kept under one directory per archive, and no host name is written in code.
 - Hosts: each host of the instance gets /etc/apt/apt.conf.d/01ssedeploy-apt-cache with one per-host
-  `Acquire::http::Proxy::<archive host> "http://<bridge address>:3142";` line per archive host; anything else
+  `Acquire::http::Proxy::<archive host> "http://<bridge address>:8781";` line per archive host; anything else
   stays direct. https archives cannot be cached by an HTTP proxy and are left out (their hosts go direct, over
   the instance's NAT, as without the cache). The NAT to the archive stays: a host that has no proxy line (an
   instance without the cache) still installs packages.
-- Index files: once, with four cold hosts at once, one host was served a cut InRelease while the cache fetched
-  it anew for the others, and its apt-get hung (its connection in CLOSE-WAIT, no timeout). The config keeps
-  volatile files FRESH_INDEX_S (an hour, the deploy's own apt cache_time) instead of 27 s and fetches a changed
-  one whole, never by range; the hang has not been seen since (one 20-host run), but the cause is not proven.
-  The InRelease files are still fetched from the archive for each host's `apt-get update` (about 0.24 MiB per
-  Debian 12 host); the by-hash index files and the .debs are fetched once and served from the cache.
+- Release files: apt asks for InRelease with `Cache-Control: max-age=0` and apt-cacher-ng 3.7.4 re-fetches it for
+  every such request; when several hosts ask at once, each fetch tries to move the cached file aside, fails
+  ("Failure to move file ... out of the way") and the host gets a 503 or a cut file, on which its apt-get could
+  wait without end (bench/fleet.py, 15 cold hosts at once; measured: 12 concurrent requests for each of 3 release
+  files gave 5 cut files on the first try). Its `DontCache` pass-through is no way out: it sends the archive two
+  Host headers (a 400). So the config marks release files static (RELEASE_FILES): each is fetched once per
+  instance, whole, and every host is served that copy, which keeps the hosts on one consistent snapshot of the
+  archive (the index files it names are fetched by hash, which the cache already treats as static). An instance
+  lives minutes to days; a newer archive state needs a new instance (`down`, `up`), and an instance older than
+  the archive's Valid-Until (a week for security) gets apt's "expired" error.
 - Figures: the cache's transfer log (`apt-cacher.log`, one `time|I or O|bytes|client|path` line per file; I =
   fetched from the archive, O = served to a host) is summed by `stats`.
 """
@@ -47,8 +52,9 @@ from urllib.parse import urlsplit
 
 from . import hosts
 
-PORT = 3142
-FRESH_INDEX_S = 3600
+PORT = 8781
+# The archive's release files, kept whole for the cache's life (see above); the index files they name are by-hash.
+RELEASE_FILES = r"/(InRelease|Release|Release\.gpg)$"
 BINARY = "/usr/sbin/apt-cacher-ng"
 PACKAGE = "apt-cacher-ng"
 SUPPORT_DIR = "/usr/lib/apt-cacher-ng"  # the package's own support files (report page, mirror lists): read only
@@ -111,12 +117,7 @@ def config(address: str, base: Path, uris: list[str], port: int = PORT) -> str:
         "ExThreshold: 4",
         "ReportPage: acng-report.html",
         "PassThroughPattern: ^$",  # no CONNECT tunnels: hosts use the cache for the archive only
-        # Volatile index files are kept FRESH_INDEX_S instead of the package's 27 s, and a changed one is fetched
-        # whole: once (bench/fleet.py, 4 cold hosts at once) a host was served a cut InRelease while the cache
-        # re-fetched it for others, and its apt-get hung. A sandbox lives minutes; the deploy refreshes apt's
-        # lists at most hourly.
-        f"FreshIndexMaxAge: {FRESH_INDEX_S}",
-        "VfileUseRangeOps: -1",  # a changed index is fetched whole, never patched up with a range request
+        f"SPfilePatternEx: {RELEASE_FILES}",  # release files are static: fetched once, never refreshed under readers
     ]
     lines += [f"Remap-{r.name}: {r.match} ; {r.backend}" for r in remaps(uris)]
     return "\n".join(lines) + "\n"

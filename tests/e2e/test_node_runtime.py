@@ -150,8 +150,8 @@ def tampered(info, host, tmp_path):
     (site / "index.json").write_text(json.dumps([{**index[0], "version": f"v{fake}"}, *index]))
     address = urlsplit(info["node_mirror"]).hostname
     server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", address, "--directory", str(site),
-                               "8781"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://{address}:8781"
+                               "8790"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{address}:8790"
     try:
         wait_until(lambda: host.run(f"curl -fsS -o /dev/null {url}/index.json").rc == 0, 10,
                    "the tampered mirror answers")

@@ -1,7 +1,10 @@
 """The sandbox's apt cache (ssedeploy/sandbox/aptcache.py): the apt-cacher-ng config and the hosts' apt proxy lines
 made from a given sources list, the transfer log's figures, and the `--apt-cache` flag. No root, no server."""
 
+import re
 from pathlib import Path
+
+import pytest
 
 from ssedeploy import cli
 from ssedeploy.sandbox import aptcache, aptsources
@@ -55,7 +58,7 @@ def test_config_serves_on_the_bridge_from_its_own_dirs_with_the_machines_archive
         f"CacheDir: {BASE}/cache",
         f"LogDir: {BASE}/log",
         "SupportDir: /usr/lib/apt-cacher-ng",
-        "Port: 3142",
+        "Port: 8781",
         "BindAddress: 198.18.7.1",
         "ForeGround: 1",
         f"PidFile: {BASE}/pid",
@@ -65,13 +68,27 @@ def test_config_serves_on_the_bridge_from_its_own_dirs_with_the_machines_archive
         "ExThreshold: 4",
         "ReportPage: acng-report.html",
         "PassThroughPattern: ^$",
-        "FreshIndexMaxAge: 3600",
-        "VfileUseRangeOps: -1",
+        "SPfilePatternEx: /(InRelease|Release|Release\\.gpg)$",
         "Remap-debian: archive.example/debian ; http://archive.example/debian/",
         "Remap-debiansecurity: archive.example/debian-security ; http://archive.example/debian-security/",
     ]
     # The package's remap files (public mirror lists and its default backend) are never named.
     assert "file:" not in text and "backends_" not in text
+
+
+@pytest.mark.parametrize("path, static", [
+    ("debian/dists/bookworm/InRelease", True),
+    ("debian/dists/bookworm-updates/Release", True),
+    ("debian/dists/bookworm/Release.gpg", True),
+    ("ubuntu/dists/noble-security/InRelease", True),
+    ("debian/dists/bookworm/main/binary-amd64/Packages.xz", False),  # by-hash or volatile: the package decides
+    ("debian/dists/bookworm/main/i18n/Translation-en.xz", False),
+    ("debian/pool/main/n/nginx/nginx_1.22.1-9_amd64.deb", False),
+    ("debian/dists/bookworm/InRelease.html", False),
+    ("debian/dists/bookworm/NotARelease", False),
+])
+def test_only_the_archives_release_files_are_made_static(path, static):
+    assert bool(re.search(aptcache.RELEASE_FILES, path)) is static
 
 
 def test_config_from_a_one_line_sources_list():
@@ -85,7 +102,7 @@ def test_config_from_a_one_line_sources_list():
 
 def test_host_conf_proxies_only_the_cached_archives_hosts():
     assert aptcache.host_conf("198.18.7.1", uris()).splitlines()[1:] == [
-        'Acquire::http::Proxy::archive.example "http://198.18.7.1:3142";']
+        'Acquire::http::Proxy::archive.example "http://198.18.7.1:8781";']
     assert aptcache.host_conf("198.18.7.1", ["https://tls-only.example/apt"]).splitlines()[1:] == []
 
 
