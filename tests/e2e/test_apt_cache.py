@@ -62,14 +62,16 @@ def test_two_hosts_fetch_a_package_once_through_the_cache():
 
 
 ARCHIVE = "127.77.0.1"  # a stand-in archive on loopback, on port 80 like the real ones (the cache allows no other)
+# The stand-in's link: a 16 KiB chunk per 20 ms (~0.8 MB/s, a 150 KB file in ~0.2 s), a pace so the cache's
+# forwarded requests overlap as at a remote archive; nothing waits on it for a state.
+CHUNK, CHUNK_EVERY_S = 16384, 0.02
 RELEASE_PATHS = ["/debian/dists/bookworm/InRelease", "/debian/dists/bookworm-updates/InRelease",
                  "/debian/dists/bookworm/Release.gpg"]
 
 
 @contextmanager
 def stand_in_archive():
-    """An HTTP archive on loopback that counts the files it sent whole, per path, and takes a while to send each
-    body, so that requests the cache forwards overlap as they do at a real archive."""
+    """An HTTP archive on loopback that counts the files it sent whole, per path, over a slow link (CHUNK)."""
     sent: Counter = Counter()
 
     class Archive(http.server.BaseHTTPRequestHandler):
@@ -81,12 +83,12 @@ def stand_in_archive():
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Last-Modified", "Tue, 01 Dec 2026 00:00:00 GMT")
             self.end_headers()
-            for at in range(0, len(body), 16384):
+            for at in range(0, len(body), CHUNK):
                 try:
-                    self.wfile.write(body[at:at + 16384])
+                    self.wfile.write(body[at:at + CHUNK])
                 except OSError:  # the cache gave up a fetch it had started twice
                     return
-                time.sleep(0.02)
+                time.sleep(CHUNK_EVERY_S)
             sent[self.path] += 1
 
         def log_message(self, *args):
